@@ -1,0 +1,69 @@
+"""Admin endpoint: `GET /health` (JSON) and `GET /metrics` (Prometheus text).
+
+/health answers 503 `unavailable` while the gateway starts or drains, so a load balancer stops
+sending before listeners close; otherwise 200 with `ok`, or `degraded` while any sink is failing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway import __version__
+from gateway.config import AdminConfig
+from gateway.configtypes import split_endpoint
+from gateway.telemetry import Metrics
+
+
+class AdminServer:
+    def __init__(self, config: AdminConfig, metrics: Metrics, sinks_health: Callable[[], dict[str, dict[str, object]]]) -> None:
+        self.config = config
+        self.endpoint = config.endpoint
+        self.state = "starting"  # starting | running | draining
+        self._metrics = metrics
+        self._sinks_health = sinks_health
+        self._started = time.monotonic()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics_text)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        host, port = split_endpoint(self.config.endpoint)
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.endpoint = f"{host}:{runner.addresses[0][1]}"
+
+    async def shutdown(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        sinks = self._sinks_health()
+        if self.state != "running":
+            status, code = "unavailable", 503
+        elif any(s["status"] == "failing" for s in sinks.values()):
+            status, code = "degraded", 200
+        else:
+            status, code = "ok", 200
+        body = {"status": status, "version": __version__, "uptime_s": round(time.monotonic() - self._started, 3),
+                "sinks": sinks}
+        return code, body
+
+    async def _health(self, request: web.Request) -> web.Response:
+        code, body = self.health()
+        return web.Response(status=code, body=orjson.dumps(body), content_type="application/json")
+
+    async def _metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,79 @@
+"""The pipeline: processors -> router -> sink queues, built once from a config.
+
+Admission is atomic: a batch is checked against every target queue and then put into all of
+them, with no `await` in between, so a request is either accepted by every sink that can take
+it or refused as a whole (nothing half-accepted, so a client retry duplicates nothing).
+Refusal happens when no target can take the batch, or when a full target says
+`when_full: refuse`; otherwise full targets drop (their copy, or with `drop_oldest` their
+oldest waiting data) and count it, so one dead sink never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+
+from gateway.batch import Batch
+from gateway.config import Config
+from gateway.errors import Refused
+from gateway.logs import get_logger
+from gateway.processors import Processor
+from gateway.registry import SINKS
+from gateway.routing import Router
+from gateway.sinks.driver import SinkDriver
+from gateway.telemetry import Metrics
+
+_log = get_logger("pipeline")
+_RETRY_AFTER_S = 1.0
+
+
+class Pipeline:
+    def __init__(self, config: Config, metrics: Metrics, processors: Sequence[Processor] = ()) -> None:
+        self.metrics = metrics
+        self.drivers = {
+            name: SinkDriver(name, SINKS[cfg.type].create(name, cfg), cfg, metrics)
+            for name, cfg in config.sinks.items()
+        }
+        self.router = Router(config.route_list(), self.drivers)
+        self.processors = tuple(processors)
+        self._closing = False
+        self._no_route = metrics.router_dropped_spans.labels("no_route")
+        metrics.watch_queues(self._queue_rows)
+
+    def _queue_rows(self) -> Iterable[tuple[str, int, int]]:
+        return ((name, d.depth, d.capacity) for name, d in self.drivers.items())
+
+    async def start(self) -> None:
+        started: list[SinkDriver] = []
+        try:
+            for driver in self.drivers.values():
+                await driver.start()
+                started.append(driver)
+        except BaseException:
+            await asyncio.gather(*(d.drain(0) for d in started), return_exceptions=True)
+            raise
+
+    async def consume(self, batch: Batch) -> None:
+        """Accept `batch` into every target queue, or raise `Refused` having accepted nothing."""
+        if self._closing:
+            raise Refused("otelgate is shutting down; retry later", retry_after=_RETRY_AFTER_S)
+        for process in self.processors:
+            batch = process(batch)
+        targets = self.router.route(batch)
+        if not targets:
+            self._no_route.inc(batch.spans)
+            return
+        full = [d for d in targets if not d.can_take(batch.spans)]
+        if full and (len(full) == len(targets) or any(d.when_full == "refuse" for d in full)):
+            names = ", ".join(d.name for d in full)
+            raise Refused(f"sink queue full ({names}); retry later", retry_after=_RETRY_AFTER_S)
+        for driver in targets:
+            driver.put(batch)
+
+    async def drain(self, timeout: float) -> None:
+        """Deliver what the queues hold within `timeout` (all sinks in parallel), then close them."""
+        self._closing = True
+        await asyncio.gather(*(d.drain(timeout) for d in self.drivers.values()))
+
+    def health(self) -> dict[str, dict[str, object]]:
+        return {name: d.health() for name, d in self.drivers.items()}

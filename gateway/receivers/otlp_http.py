@@ -1,0 +1,135 @@
+"""OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, as the OTLP specification says.
+
+Answers: 200 with an `ExportTraceServiceResponse` (with `partial_success` when spans were
+rejected), in the request's encoding; 400 malformed payload, 413 body too large (as sent or
+decompressed), 415 unsupported content type or encoding, 429/503 with `Retry-After` under rate
+limit/backpressure; 404/405 for other paths and methods. Error bodies are a `google.rpc.Status`
+whose message names the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from aiohttp import web
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from gateway.batch import RequestContext
+from gateway.config import HttpReceiverConfig
+from gateway.configtypes import split_endpoint
+from gateway.errors import RateLimited, Refused
+from gateway.otlp import compression
+from gateway.otlp.json_codec import OtlpJsonError, decode_traces, encode_message
+from gateway.receivers.intake import Intake
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+PROTOCOL = "http"
+TRACES_PATH = "/v1/traces"
+
+_GRPC_CODE_FOR_HTTP = {
+    400: code_pb2.INVALID_ARGUMENT, 413: code_pb2.RESOURCE_EXHAUSTED, 415: code_pb2.INVALID_ARGUMENT,
+    429: code_pb2.RESOURCE_EXHAUSTED, 503: code_pb2.UNAVAILABLE,
+}
+
+
+def _encode(message: object, as_json: bool) -> bytes:
+    return encode_message(message) if as_json else message.SerializeToString()  # type: ignore[attr-defined]
+
+
+def _error(status: int, message: str, as_json: bool, headers: dict[str, str] | None = None) -> web.Response:
+    body = status_pb2.Status(code=_GRPC_CODE_FOR_HTTP.get(status, code_pb2.UNKNOWN), message=message)
+    return web.Response(status=status, body=_encode(body, as_json),
+                        content_type=JSON if as_json else PROTOBUF, headers=headers)
+
+
+class OtlpHttpReceiver:
+    def __init__(self, config: HttpReceiverConfig, intake: Intake) -> None:
+        self.config = config
+        self._intake = intake
+        self._runner: web.AppRunner | None = None
+        self.endpoint = config.endpoint
+
+    def _app(self) -> web.Application:
+        # client_max_size bounds the body as sent; decompression is bounded separately below.
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post(TRACES_PATH, self._export_traces)
+        return app
+
+    async def start(self) -> None:
+        host, port = split_endpoint(self.config.endpoint)
+        # auto_decompress=False: aiohttp would otherwise inflate bodies with no output bound.
+        runner = web.AppRunner(self._app(), auto_decompress=False, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound = runner.addresses[0]
+        self.endpoint = f"{host}:{bound[1]}"
+
+    async def shutdown(self) -> None:
+        """Close the listener, then wait (bounded) for requests already in flight."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _export_traces(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            return await self._handle(request)
+        finally:
+            self._intake.observe_latency(PROTOCOL, time.perf_counter() - started)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        content_type = request.content_type
+        if content_type not in (PROTOBUF, JSON):
+            self._intake.malformed(PROTOCOL, "unsupported_media_type")
+            return _error(415, f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}", True)
+        as_json = content_type == JSON
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+        if encoding not in compression.SUPPORTED:
+            self._intake.malformed(PROTOCOL, "unsupported_media_type")
+            return _error(415, f"unsupported Content-Encoding {encoding!r}: use gzip, deflate, zstd or none", as_json)
+        limit = self.config.max_body_bytes
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._intake.malformed(PROTOCOL, "too_large")
+            return _error(413, f"request body larger than {limit} bytes (receivers.http.max_body_bytes)", as_json)
+        try:
+            body = compression.decompress(body, encoding, limit)
+        except compression.TooLarge:
+            self._intake.malformed(PROTOCOL, "too_large")
+            return _error(413, f"decompressed body larger than {limit} bytes (receivers.http.max_body_bytes)", as_json)
+        except compression.CorruptBody as exc:
+            self._intake.malformed(PROTOCOL, "malformed")
+            return _error(400, f"cannot decompress {encoding} body: {exc}", as_json)
+        try:
+            export = decode_traces(body) if as_json else ExportTraceServiceRequest.FromString(body)
+        except OtlpJsonError as exc:
+            self._intake.malformed(PROTOCOL, "malformed")
+            return _error(400, f"invalid OTLP/JSON: {exc}", True)
+        except DecodeError:
+            self._intake.malformed(PROTOCOL, "malformed")
+            return _error(400, "invalid protobuf: the body is not an ExportTraceServiceRequest", False)
+        context = RequestContext(PROTOCOL, {})
+        try:
+            accepted = await self._intake.accept(export, context)
+        except Refused as exc:
+            status = 429 if isinstance(exc, RateLimited) else 503
+            return _error(status, str(exc), as_json, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+        response = ExportTraceServiceResponse()
+        if accepted.rejected:
+            response.partial_success.rejected_spans = accepted.rejected
+            response.partial_success.error_message = accepted.error_message
+        return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)

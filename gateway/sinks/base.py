@@ -1,0 +1,59 @@
+"""What every sink shares: the queue, batch and retry settings, and the small `Sink` protocol.
+
+A sink only encodes and writes (`send`); queueing, batching, retries, accounting and health
+belong to the driver (`gateway.sinks.driver`), so every sink gets them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+from pydantic import Field, model_validator
+
+from gateway.batch import Batch
+from gateway.configtypes import Duration, StrictModel
+
+
+class QueueConfig(StrictModel):
+    max_spans: int = Field(100_000, gt=0, description="Capacity in spans, counting those being sent.")
+    when_full: Literal["drop_newest", "drop_oldest", "refuse"] = Field(
+        "drop_newest",
+        description="drop_newest/drop_oldest: this sink loses data (counted) so other sinks keep flowing; "
+        "refuse: the whole request is refused with backpressure (retryable) while this queue is full.",
+    )
+
+
+class BatchConfig(StrictModel):
+    max_spans: int = Field(8192, gt=0, description="Send once this many spans wait.")
+    max_delay: Duration = Field(0.2, description="Send at most this long after the first span arrived.")
+
+
+class RetryConfig(StrictModel):
+    initial: Duration = 5.0
+    max: Duration = 30.0
+    max_elapsed: Duration = Field(300.0, description="Give up on a batch (counted as dropped) after this long.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RetryConfig":
+        if self.initial > self.max:
+            raise ValueError("retry.initial must not exceed retry.max")
+        return self
+
+
+class SinkConfig(StrictModel):
+    """Base of every sink's config; each sink adds `type: Literal[...]` and its own keys."""
+
+    queue: QueueConfig = QueueConfig()
+    batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
+
+
+class Sink(Protocol):
+    """Encodes and writes batches. Raises `PermanentError` or `RetryableError` on failure."""
+
+    async def start(self) -> None: ...
+
+    async def send(self, batches: Sequence[Batch]) -> None: ...
+
+    async def shutdown(self) -> None: ...

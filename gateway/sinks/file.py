@@ -1,0 +1,133 @@
+"""`type: file`: OTLP/JSON lines or length-prefixed protobuf, with size-based rotation.
+
+Formats are the Collector file exporter's: `json` writes one OTLP/JSON
+`ExportTraceServiceRequest` per line (a sent batch becomes one line); `proto` writes records of
+a 4-byte big-endian length followed by a serialized `ExportTraceServiceRequest`. With
+`compress: gzip` every write is one gzip member, so the file is always a valid gzip stream
+(`zcat` reads it) even if the process dies between writes.
+
+Rotation: when a write would take the file past `rotate_bytes`, the file is renamed to
+`<stem>-<UTC time><suffixes>` and a new one is started; only the `keep` newest rotated files are
+kept. Encoding and writing run on one thread of the sink's own, so a slow disk never blocks the
+event loop and writes keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import re
+import struct
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from pydantic import Field
+
+from gateway.batch import Batch
+from gateway.configtypes import ByteSize
+from gateway.errors import RetryableError
+from gateway.logs import get_logger
+from gateway.otlp.json_codec import encode_traces
+from gateway.sinks.base import SinkConfig
+
+_log = get_logger("sink.file")
+
+
+class Config(SinkConfig):
+    type: Literal["file"]
+    path: str = "./otelgate-traces.jsonl"
+    format: Literal["json", "proto"] = "json"
+    rotate_bytes: ByteSize = Field(100 * 1024 * 1024, description="Rotate before the file passes this size; 0 never rotates.")
+    keep: int = Field(10, ge=0, description="Rotated files to keep (oldest deleted first).")
+    compress: Literal["none", "gzip"] = "none"
+
+
+def encode(batches: Sequence[Batch], fmt: str) -> bytes:
+    """One record for the whole batch: merging requests is free in both encodings."""
+    if fmt == "json":
+        return encode_traces(b.request for b in batches) + b"\n"
+    # Concatenated serializations of messages are the serialization of their merge.
+    body = b"".join(b.request.SerializeToString() for b in batches)
+    return struct.pack(">I", len(body)) + body
+
+
+class FileSink:
+    def __init__(self, name: str, config: Config) -> None:
+        self.name = name
+        self.config = config
+        self.path = Path(config.path)
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{name}")
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+
+    async def send(self, batches: Sequence[Batch]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._write, batches)
+        except OSError as exc:
+            raise RetryableError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    async def shutdown(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    # -- on the sink's thread -------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")
+            self._size = os.fstat(self._file.fileno()).st_size
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write(self, batches: Sequence[Batch]) -> None:
+        data = encode(batches, self.config.format)
+        if self.config.compress == "gzip":
+            data = gzip.compress(data, compresslevel=6)
+        limit = self.config.rotate_bytes
+        if limit and self._size and self._size + len(data) > limit:
+            self._rotate()
+        self._open()
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._close()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        stem, suffixes = _split_name(self.path.name)
+        target = self.path.with_name(f"{stem}-{stamp}{suffixes}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{stem}-{stamp}-{n}{suffixes}")
+            n += 1
+        self.path.rename(target)
+        _log.info("file rotated", sink=self.name, rotated_to=str(target))
+        self._prune(stem, suffixes)
+
+    def _prune(self, stem: str, suffixes: str) -> None:
+        pattern = re.compile(re.escape(stem) + r"-\d{8}T\d{6}\.\d{3}Z(-\d+)?" + re.escape(suffixes) + "$")
+        rotated = sorted(p for p in self.path.parent.iterdir() if pattern.match(p.name))
+        for old in rotated[: max(0, len(rotated) - self.config.keep)]:
+            old.unlink(missing_ok=True)
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """`traces.jsonl.gz` -> (`traces`, `.jsonl.gz`): rotated files keep every suffix."""
+    stem, dot, rest = name.partition(".")
+    return (stem, dot + rest) if stem else (name, "")
+
+
+def create(name: str, config: Config) -> FileSink:
+    return FileSink(name, config)

@@ -1,0 +1,71 @@
+"""The gateway's own Prometheus metrics, one registry per gateway instance.
+
+No module-global registry: tests run several gateways in one process, and a later
+multi-process mode gives each worker its own. Names follow the Collector's
+(`otelcol_receiver_accepted_spans` -> `otelgate_receiver_accepted_spans_total`).
+Counters count outcomes, never attempts: a span is `sent` only after its sink said so,
+and `dropped` always carries a short, fixed `reason` (never raw error text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# `*_created` series double the output and no dashboard reads them (the Collector has none).
+disable_created_metrics()
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _QueueGauges(Collector):
+    """Reads queue depth and capacity at scrape time instead of updating gauges per batch."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("otelgate_sink_queue_size", "Spans waiting in (or being sent from) a sink queue", labels=["sink"])
+        capacity = GaugeMetricFamily("otelgate_sink_queue_capacity", "Capacity of a sink queue in spans", labels=["sink"])
+        for name, size, cap in self._source():
+            depth.add_metric([name], size)
+            capacity.add_metric([name], cap)
+        yield depth
+        yield capacity
+
+
+class Metrics:
+    """Every metric family of one gateway, registered on its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.receiver_accepted_spans = Counter(
+            "otelgate_receiver_accepted_spans", "Spans accepted by a receiver and handed to the pipeline", ["protocol"], registry=r)
+        self.receiver_refused_spans = Counter(
+            "otelgate_receiver_refused_spans", "Spans refused as a whole request (the client may retry)", ["protocol", "reason"], registry=r)
+        self.receiver_rejected_spans = Counter(
+            "otelgate_receiver_rejected_spans", "Spans rejected as invalid (not retryable; reported in partial_success)", ["protocol", "reason"], registry=r)
+        self.receiver_requests = Counter(
+            "otelgate_receiver_requests", "Export requests by outcome", ["protocol", "outcome"], registry=r)
+        self.receiver_request_duration = Histogram(
+            "otelgate_receiver_request_duration_seconds", "Time from request received to response, per protocol",
+            ["protocol"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.sink_sent_spans = Counter(
+            "otelgate_sink_sent_spans", "Spans a sink delivered", ["sink"], registry=r)
+        self.sink_failed_spans = Counter(
+            "otelgate_sink_failed_spans", "Spans in send attempts that failed (they may be retried)", ["sink"], registry=r)
+        self.sink_dropped_spans = Counter(
+            "otelgate_sink_dropped_spans", "Spans a sink will never deliver, by reason", ["sink", "reason"], registry=r)
+        self.router_dropped_spans = Counter(
+            "otelgate_router_dropped_spans", "Spans that no route took", ["reason"], registry=r)
+
+    def watch_queues(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        """Expose `(sink, depth, capacity)` rows from `source` as gauges at each scrape."""
+        self.registry.register(_QueueGauges(source))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,120 @@
+"""Start the real gateway as a child process (`python -m gateway run`) on ephemeral ports.
+
+Tests talk to it over real loopback sockets; the listener lines it logs at start tell the ports
+the OS chose. Everything the gateway logs is kept for assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+_LISTENING = re.compile(r"(admin|OTLP/gRPC|OTLP/HTTP) listening endpoint=(\S+)")
+
+
+class GatewayProcess:
+    def __init__(self, config: dict[str, Any] | None, workdir: Path, args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = workdir / "otelgate.yaml"
+            self.config_path.write_text(yaml.safe_dump(config))
+        cmd = [sys.executable, "-m", "gateway", "run", *args]
+        if self.config_path is not None:
+            cmd += ["-c", str(self.config_path)]
+        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self.endpoints: dict[str, str] = {}
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if m := _LISTENING.search(line):
+                self.endpoints[m.group(1)] = m.group(2)
+            if " ready " in f"{line} " or '"event":"ready"' in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 20.0) -> "GatewayProcess":
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start:\n" + "\n".join(self.lines))
+        return self
+
+    @property
+    def grpc(self) -> str:
+        return self.endpoints["OTLP/gRPC"]
+
+    @property
+    def http(self) -> str:
+        return "http://" + self.endpoints["OTLP/HTTP"]
+
+    @property
+    def admin(self) -> str:
+        return "http://" + self.endpoints["admin"]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def gateway_config(workdir: Path, **sink_overrides: Any) -> dict[str, Any]:
+    """A config on ephemeral loopback ports with one fast-flushing file sink `out`."""
+    sink = {"type": "file", "path": str(workdir / "out.jsonl"), "batch": {"max_delay": "20ms"}}
+    sink.update(sink_overrides)
+    return {
+        "receivers": {"grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}},
+        "admin": {"endpoint": "127.0.0.1:0"},
+        "sinks": {"out": sink},
+        "service": {"shutdown_grace": "10s"},
+    }
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def spans_in(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [span for line in lines for rs in line.get("resourceSpans", [])
+            for ss in rs.get("scopeSpans", []) for span in ss.get("spans", [])]
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
