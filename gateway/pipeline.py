@@ -57,8 +57,10 @@ class Pipeline:
         """Accept `batch` into every target queue, or raise `Refused` having accepted nothing."""
         if self._closing:
             raise Refused("otelgate is shutting down; retry later", retry_after=_RETRY_AFTER_S)
-        for process in self.processors:
-            batch = process(batch)
+        if self.processors:
+            batch.raw = None  # processors edit the request in place: the received bytes go stale
+            for process in self.processors:
+                batch = process(batch)
         targets = self.router.route(batch)
         if not targets:
             self._no_route.inc(batch.spans)

@@ -28,8 +28,11 @@ class Intake:
         self._pipeline = pipeline
         self._metrics = metrics
 
-    async def accept(self, request: ExportTraceServiceRequest, context: RequestContext) -> Accepted:
-        """Hand valid spans to the pipeline; raise `Refused` (nothing accepted) under backpressure."""
+    async def accept(self, request: ExportTraceServiceRequest, context: RequestContext, raw: bytes | None = None) -> Accepted:
+        """Hand valid spans to the pipeline; raise `Refused` (nothing accepted) under backpressure.
+
+        `raw` is the protobuf encoding `request` was parsed from, if there was one.
+        """
         protocol = context.protocol
         m = self._metrics
         kept, rejected, message = remove_invalid_spans(request)
@@ -37,7 +40,7 @@ class Intake:
             m.receiver_rejected_spans.labels(protocol, "invalid_id").inc(rejected)
         if kept:
             try:
-                await self._pipeline.consume(Batch(request, kept, context))
+                await self._pipeline.consume(Batch(request, kept, context, None if rejected else raw))
             except Refused as exc:
                 m.receiver_refused_spans.labels(protocol, exc.reason).inc(kept)
                 m.receiver_requests.labels(protocol, "refused").inc()

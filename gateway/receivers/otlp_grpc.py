@@ -77,7 +77,7 @@ class OtlpGrpcReceiver:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "invalid protobuf: the message is not an ExportTraceServiceRequest")
             try:
-                accepted = await self._intake.accept(export, RequestContext(PROTOCOL, {}))
+                accepted = await self._intake.accept(export, RequestContext(PROTOCOL, {}), body)
             except Refused as exc:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, str(exc), trailing_metadata=(

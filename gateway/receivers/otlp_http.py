@@ -124,7 +124,7 @@ class OtlpHttpReceiver:
             return _error(400, "invalid protobuf: the body is not an ExportTraceServiceRequest", False)
         context = RequestContext(PROTOCOL, {})
         try:
-            accepted = await self._intake.accept(export, context)
+            accepted = await self._intake.accept(export, context, None if as_json else body)
         except Refused as exc:
             status = 429 if isinstance(exc, RateLimited) else 503
             return _error(status, str(exc), as_json, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
