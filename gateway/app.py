@@ -36,7 +36,7 @@ class Receiver(Protocol):
 
 
 class Gateway:
-    def __init__(self, config: Config, processors: Sequence[Processor] = ()) -> None:
+    def __init__(self, config: Config, processors: Sequence[Processor] | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.pipeline = Pipeline(config, self.metrics, processors)

@@ -5,15 +5,23 @@ the request in place; sinks only read it (a sink that must change spans copies t
 because one batch is shared by every sink a route fans out to.
 
 `raw` holds the bytes the request was received as, while they still equal `request`: a sink
-writing protobuf then writes them instead of serializing again. The pipeline clears it before
-any processor runs, and a receiver never sets it when it removed invalid spans.
+writing protobuf then writes them instead of serializing again. Whoever edits the request
+clears it: a processor that wrote anything sets `batch.raw = None` (a test holds every
+registered processor to that), and a receiver never sets it when it removed invalid spans.
+
+`llm_calls` is what the normalizer found (None until it ran), so the pricer and the LLM metrics
+work on those spans only, without reading attributes again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+if TYPE_CHECKING:
+    from gateway.llm.call import LlmCall
 
 
 @dataclass(slots=True)
@@ -30,6 +38,7 @@ class Batch:
     spans: int
     context: RequestContext
     raw: bytes | None = None
+    llm_calls: "list[LlmCall] | None" = None  # set by the normalizer: one per provider call
 
     def serialized(self) -> bytes:
         return self.raw if self.raw is not None else self.request.SerializeToString()

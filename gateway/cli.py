@@ -74,6 +74,56 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _price(args: argparse.Namespace) -> int:
+    """The gateway's own pricing path (overrides from -c, then genai-prices), for one call."""
+    from datetime import datetime, timezone
+
+    from gateway.llm.pricing import PriceTable
+    from gateway.llm.providers import canonical_provider
+
+    overrides = []
+    if args.config:
+        try:
+            config = load(args.config)
+        except ConfigError as exc:
+            for error in exc.errors:
+                print(f"  {error}", file=sys.stderr)
+            return 1
+        overrides = config.pipeline.price.overrides
+    at = None
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"--at: not an ISO date or time: {args.at!r} (e.g. 2025-06-01 or 2025-06-01T12:00:00Z)", file=sys.stderr)
+            return 2
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=timezone.utc)
+    provider = canonical_provider(args.provider) if args.provider else None
+    quote = PriceTable(overrides).quote(
+        args.model, provider, input_tokens=args.input, output_tokens=args.output,
+        cache_read_tokens=args.cache_read, cache_write_tokens=args.cache_write, at=at, service_tier=args.tier)
+    if quote is None:
+        print(f"no price known for {args.model!r}" + (f" (provider {provider})" if provider else "")
+              + ": add a pipeline.price.overrides entry for it", file=sys.stderr)
+        return 1
+
+    def rate(value: float | None) -> str:
+        return f"${value:g}/Mtok" if value is not None else "-"
+
+    uncached = max(0, args.input - args.cache_read - args.cache_write)
+    print(f"model:        {args.model} -> {quote.matched} ({quote.source})")
+    print(f"input:        {uncached} tokens x {rate(quote.input_per_mtok)}")
+    print(f"cache read:   {args.cache_read} tokens x {rate(quote.cache_read_per_mtok)}")
+    print(f"cache write:  {args.cache_write} tokens x {rate(quote.cache_write_per_mtok)}")
+    print(f"input cost:   ${quote.input_usd:.8f}")
+    print(f"output:       {args.output} tokens x {rate(quote.output_per_mtok)} = ${quote.output_usd:.8f}")
+    if quote.request_usd:
+        print(f"per request:  ${quote.request_usd:.8f}")
+    print(f"total:        ${quote.total_usd:.8f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otelgate", description="An OTLP gateway for the traces of LLM applications.")
     parser.add_argument("--version", action="version", version=f"otelgate {__version__}")
@@ -85,6 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config file and summarise it")
     check.add_argument("-c", "--config", required=True, help="config YAML file")
     check.set_defaults(func=_check)
+    price = commands.add_parser("price", help="price one LLM call the way the gateway does")
+    price.add_argument("model")
+    price.add_argument("--provider", help="e.g. openai, anthropic, aws.bedrock (any spelling the gateway reads)")
+    price.add_argument("--input", type=int, required=True, help="input tokens, including cache reads and writes")
+    price.add_argument("--output", type=int, required=True, help="output tokens, including reasoning")
+    price.add_argument("--cache-read", type=int, default=0)
+    price.add_argument("--cache-write", type=int, default=0)
+    price.add_argument("--tier", help="service tier, e.g. flex, priority")
+    price.add_argument("--at", help="ISO date or time of the call, for historic prices (default: now)")
+    price.add_argument("-c", "--config", help="config YAML whose pipeline.price.overrides apply")
+    price.set_defaults(func=_price)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from gateway import registry
 from gateway.configtypes import ByteSize, Duration, Endpoint, StrictModel
@@ -68,6 +68,11 @@ class ServiceConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+PipelineConfig = create_model(  # one key per registered processor, each with its defaults
+    "PipelineConfig", __base__=StrictModel,
+    **{name: (module.Config, module.Config()) for name, module in registry.PROCESSORS.items()},  # type: ignore[call-overload]
+)
+
 SinkUnion = Annotated[Union[tuple(m.Config for m in registry.SINKS.values())], Field(discriminator="type")]  # type: ignore[valid-type]
 
 
@@ -77,11 +82,14 @@ class Config(StrictModel):
     sinks: dict[Annotated[str, Field(pattern=_NAME)], SinkUnion] = Field(min_length=1)
     routes: list[RouteConfig] | None = Field(
         None, description="Ordered; a route without `match` takes everything. Omitted: one route to every sink.")
+    pipeline: PipelineConfig = PipelineConfig()  # type: ignore[valid-type]
     service: ServiceConfig = ServiceConfig()
 
     @model_validator(mode="after")
     def _routes_refer_to_sinks(self) -> "Config":
         errors = []
+        if self.pipeline.price.enabled and not self.pipeline.normalize.enabled:
+            errors.append("pipeline.price: pricing reads what pipeline.normalize finds; enable it or disable price")
         seen: set[str] = set()
         for i, route in enumerate(self.routes or ()):
             if route.name in seen:

@@ -17,8 +17,8 @@ from gateway.batch import Batch
 from gateway.config import Config
 from gateway.errors import Refused
 from gateway.logs import get_logger
-from gateway.processors import Processor
-from gateway.registry import SINKS
+from gateway.processors import Processor, ProcessorContext
+from gateway.registry import PROCESSORS, SINKS
 from gateway.routing import Router
 from gateway.sinks.driver import SinkDriver
 from gateway.telemetry import Metrics
@@ -28,14 +28,15 @@ _RETRY_AFTER_S = 1.0
 
 
 class Pipeline:
-    def __init__(self, config: Config, metrics: Metrics, processors: Sequence[Processor] = ()) -> None:
+    def __init__(self, config: Config, metrics: Metrics, processors: Sequence[Processor] | None = None) -> None:
+        """`processors` replaces the configured chain (tests inject one); None builds it from `pipeline:`."""
         self.metrics = metrics
         self.drivers = {
             name: SinkDriver(name, SINKS[cfg.type].create(name, cfg), cfg, metrics)
             for name, cfg in config.sinks.items()
         }
         self.router = Router(config.route_list(), self.drivers)
-        self.processors = tuple(processors)
+        self.processors = tuple(build_processors(config, metrics) if processors is None else processors)
         self._closing = False
         self._no_route = metrics.router_dropped_spans.labels("no_route")
         metrics.watch_queues(self._queue_rows)
@@ -57,10 +58,8 @@ class Pipeline:
         """Accept `batch` into every target queue, or raise `Refused` having accepted nothing."""
         if self._closing:
             raise Refused("otelgate is shutting down; retry later", retry_after=_RETRY_AFTER_S)
-        if self.processors:
-            batch.raw = None  # processors edit the request in place: the received bytes go stale
-            for process in self.processors:
-                batch = process(batch)
+        for process in self.processors:
+            batch = process(batch)
         targets = self.router.route(batch)
         if not targets:
             self._no_route.inc(batch.spans)
@@ -76,6 +75,21 @@ class Pipeline:
         """Deliver what the queues hold within `timeout` (all sinks in parallel), then close them."""
         self._closing = True
         await asyncio.gather(*(d.drain(timeout) for d in self.drivers.values()))
+        for process in self.processors:
+            close = getattr(process, "close", None)  # processors with background work (price refresh)
+            if close is not None:
+                close()
 
     def health(self) -> dict[str, dict[str, object]]:
         return {name: d.health() for name, d in self.drivers.items()}
+
+
+def build_processors(config: Config, metrics: Metrics) -> list[Processor]:
+    """The enabled processors of `pipeline:`, in registry order."""
+    context = ProcessorContext(metrics)
+    chain = []
+    for name, module in PROCESSORS.items():
+        settings = getattr(config.pipeline, name)
+        if settings.enabled:
+            chain.append(module.create(settings, context))
+    return chain

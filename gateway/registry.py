@@ -1,15 +1,25 @@
-"""`type:` -> the module implementing it. Adding a sink is one module plus one line here.
+"""Which module implements each part. Adding a sink or a processor is one module plus one line here.
 
-Each registered module exposes `Config` (a pydantic model with `type: Literal[<name>]`) and
+Sinks: `type:` -> a module exposing `Config` (a pydantic model with `type: Literal[<name>]`) and
 `create(name, config)`, in the manner of the Collector's component factories.
+
+Processors: `pipeline.<name>` -> a module exposing `Config` (with `enabled`) and
+`create(config, context)`. They run in the order listed here.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
+from gateway.processors import llm_metrics, normalize, price
 from gateway.sinks import file
 
 SINKS: dict[str, ModuleType] = {
     "file": file,
+}
+
+PROCESSORS: dict[str, ModuleType] = {
+    "normalize": normalize,
+    "price": price,
+    "llm_metrics": llm_metrics,
 }

@@ -21,6 +21,9 @@ disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+_LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+
+
 class _QueueGauges(Collector):
     """Reads queue depth and capacity at scrape time instead of updating gauges per batch."""
 
@@ -62,6 +65,20 @@ class Metrics:
             "otelgate_sink_dropped_spans", "Spans a sink will never deliver, by reason", ["sink", "reason"], registry=r)
         self.router_dropped_spans = Counter(
             "otelgate_router_dropped_spans", "Spans that no route took", ["reason"], registry=r)
+        # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
+        self.llm_requests = Counter(
+            "otelgate_llm_requests", "LLM provider calls", ["service", "provider", "model", "operation", "status"], registry=r)
+        self.llm_tokens = Counter(
+            "otelgate_llm_tokens", "Tokens of LLM calls by type (input includes cache; output includes reasoning)",
+            ["service", "provider", "model", "type"], registry=r)
+        self.llm_cost = Counter(
+            "otelgate_llm_cost_usd", "Cost of LLM calls in USD, by where the figure came from",
+            ["service", "provider", "model", "source"], registry=r)
+        self.llm_duration = Histogram(
+            "otelgate_llm_request_duration_seconds", "Duration of LLM call spans", ["service", "provider", "model"],
+            buckets=_LLM_BUCKETS, registry=r)
+        self.llm_unpriced = Counter(
+            "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
 
     def watch_queues(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         """Expose `(sink, depth, capacity)` rows from `source` as gauges at each scrape."""

@@ -86,16 +86,23 @@ class GatewayProcess:
         return "\n".join(self.lines)
 
 
-def gateway_config(workdir: Path, **sink_overrides: Any) -> dict[str, Any]:
-    """A config on ephemeral loopback ports with one fast-flushing file sink `out`."""
+def gateway_config(workdir: Path, llm: bool = False, **sink_overrides: Any) -> dict[str, Any]:
+    """A config on ephemeral loopback ports with one fast-flushing file sink `out`.
+
+    The LLM processors are off unless `llm=True`, so transport tests can compare what was
+    written with what was sent byte for byte.
+    """
     sink = {"type": "file", "path": str(workdir / "out.jsonl"), "batch": {"max_delay": "20ms"}}
     sink.update(sink_overrides)
-    return {
+    config: dict[str, Any] = {
         "receivers": {"grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}},
         "admin": {"endpoint": "127.0.0.1:0"},
         "sinks": {"out": sink},
         "service": {"shutdown_grace": "10s"},
     }
+    if not llm:
+        config["pipeline"] = {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")}
+    return config
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:

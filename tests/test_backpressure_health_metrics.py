@@ -46,16 +46,28 @@ def metric(admin: str, name: str, **labels: str) -> float:
 
 
 class StuckFifo:
-    """A FIFO with a reader that reads only when told to."""
+    """A FIFO with a reader that reads only when told to.
+
+    Reader threads are joined before the descriptor is closed: a thread still reading a closed
+    descriptor number would steal bytes from whatever file reuses it next.
+    """
 
     def __init__(self, path: Path) -> None:
         os.mkfifo(path)
         self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         self.data = bytearray()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-    def drain(self, until: float) -> None:
-        deadline = time.monotonic() + until
-        while time.monotonic() < deadline:
+    def read_for(self, seconds: float) -> None:
+        """Read in the background for `seconds` (or until closed)."""
+        thread = threading.Thread(target=self._drain, args=(seconds,), daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
             try:
                 chunk = os.read(self.fd, 1 << 20)
                 if chunk:
@@ -63,11 +75,12 @@ class StuckFifo:
                     continue
             except BlockingIOError:
                 pass
-            except OSError:  # closed by the fixture: the test is over
-                return
             time.sleep(0.01)
 
     def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
         os.close(self.fd)
 
 
@@ -77,10 +90,8 @@ def stuck(tmp_path: Path):
     config = gateway_config(tmp_path, queue={"max_spans": 200}, batch={"max_spans": 50, "max_delay": "0s"})
     gw = GatewayProcess(config, tmp_path).wait_ready()
     yield gw, fifo
-    reader = threading.Thread(target=fifo.drain, args=(3,), daemon=True)
-    reader.start()
+    fifo.read_for(30)
     gw.stop()
-    reader.join()
     fifo.close()
 
 
@@ -110,7 +121,7 @@ def test_http_backpressure_503_with_retry_after(stuck) -> None:
     assert metric(gw.admin, "otelgate_receiver_refused_spans_total", protocol="http", reason="backpressure") >= 5
     assert metric(gw.admin, "otelgate_sink_queue_capacity", sink="out") == 200
     # The reader comes back: everything accepted arrives, and the gateway takes data again.
-    threading.Thread(target=fifo.drain, args=(3,), daemon=True).start()
+    fifo.read_for(30)
     wait_for(lambda: requests.post(f"{gw.http}/v1/traces", data=_request(5, "after"), headers=PROTO, timeout=10).status_code == 200)
     wait_for(lambda: metric(gw.admin, "otelgate_sink_sent_spans_total", sink="out") >= accepted + 5)
 
@@ -145,7 +156,7 @@ def test_health_is_503_while_draining(stuck) -> None:
             return False
         return r.status_code == 503 and r.json()["status"] == "unavailable"
     wait_for(draining, timeout=5)
-    threading.Thread(target=fifo.drain, args=(10,), daemon=True).start()
+    fifo.read_for(30)
     assert gw.proc.wait(20) == 0
 
 

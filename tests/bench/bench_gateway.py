@@ -64,6 +64,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
     ExportTraceServiceResponse,
 )
 
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span  # noqa: E402
+
 from tests.conftest import FIXTURES, TRACE_FIXTURES, read_records  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
 
@@ -88,14 +90,61 @@ def fixture_spans() -> list[tuple[tuple[Any, ...], Any, tuple[Any, ...], Any, An
     return out
 
 
-def build_pool(count: int, spans_per_request: int, seed: int) -> list[bytes]:
+def plain_spans(count: int) -> list[tuple[tuple[Any, ...], Any, tuple[Any, ...], Any, Any]]:
+    """Ordinary spans of a web service: HTTP server/client and database calls, no LLM attributes."""
+    rs = ResourceSpans(resource={"attributes": [
+        {"key": "service.name", "value": {"string_value": "checkout"}},
+        {"key": "service.version", "value": {"string_value": "1.4.2"}},
+        {"key": "deployment.environment.name", "value": {"string_value": "prod"}},
+        {"key": "telemetry.sdk.language", "value": {"string_value": "python"}}]})
+    ss = ScopeSpans(scope={"name": "opentelemetry.instrumentation.flask", "version": "0.50b0"})
+    out = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:
+            attrs = {"http.request.method": "POST", "url.path": f"/api/orders/{i}", "url.scheme": "https",
+                     "http.route": "/api/orders/<id>", "http.response.status_code": 200, "server.address": "shop.example",
+                     "server.port": 443, "client.address": "10.1.2.3", "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64)",
+                     "network.protocol.version": "1.1"}
+            name = "POST /api/orders/<id>"
+        elif kind == 1:
+            attrs = {"db.system.name": "postgresql", "db.namespace": "shop", "db.operation.name": "SELECT",
+                     "db.collection.name": "orders", "db.query.text": "SELECT id, total, status FROM orders WHERE customer_id = $1",
+                     "server.address": "db.internal", "server.port": 5432}
+            name = "SELECT orders"
+        else:
+            attrs = {"http.request.method": "GET", "url.full": f"https://inventory.internal/items/{i}",
+                     "http.response.status_code": 200, "server.address": "inventory.internal", "server.port": 443,
+                     "network.peer.address": "10.4.5.6"}
+            name = "GET"
+        span = Span(trace_id=b"\x01" * 16, span_id=(i + 1).to_bytes(8, "big"), name=name, kind=2 + (kind > 0),
+                    start_time_unix_nano=1_795_328_849_000_000_000 + i, end_time_unix_nano=1_795_328_849_004_000_000 + i,
+                    attributes=[{"key": k, "value": {"int_value": v} if isinstance(v, int) else {"string_value": v}}
+                                for k, v in attrs.items()])
+        out.append((("plain",), rs, ("plain", 0), ss, span))
+    return out
+
+
+def build_pool(count: int, spans_per_request: int, seed: int, llm_share: float = 1.0) -> list[bytes]:
     """`count` distinct serialized requests of exactly `spans_per_request` spans.
 
     The fixture spans are taken in turn, cycling; each pass over them gets fresh random ids
     (trace, span, parent and link ids remapped consistently, so traces stay well formed).
+    With `llm_share` < 1, that share of the spans is fixture (LLM) spans and the rest ordinary
+    HTTP and database spans, interleaved.
     """
     rng = random.Random(seed)
-    source = fixture_spans()
+    llm = fixture_spans()
+    if llm_share >= 1.0:
+        source = llm
+    else:
+        plain = plain_spans(max(1, round(len(llm) * (1 - llm_share) / max(llm_share, 1e-9))))
+        source = []
+        for i in range(max(len(llm), len(plain))):
+            if i < len(llm):
+                source.append(llm[i])
+            if i < len(plain):
+                source.append(plain[i])
     ids: dict[tuple[str, bytes], bytes] = {}
 
     def fresh(kind: str, old: bytes, size: int) -> bytes:
@@ -484,13 +533,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"protocol": args.protocol, "clients_per_protocol": args.clients, "concurrency": args.concurrency,
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
+                   "llm_share": args.llm_share, "processors": not args.no_processors,
                    "sink_path": "/dev/null" if args.discard else "file in a temp dir"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "note": "client processes share the machine's cores with the gateway: spans_per_s is bounded by the "
                 "clients' CPU too; gateway.spans_per_s_per_core (gateway CPU time only) is not",
     }
 
-    pool = build_pool(args.pool, spans_per_request, args.seed)
+    pool = build_pool(args.pool, spans_per_request, args.seed, args.llm_share)
     result["request_bytes_avg"] = sum(map(len, pool)) / len(pool)
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="otelgate-bench-"))
@@ -506,6 +556,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sinks": {SINK: {"type": "file", "path": str(out_path), "format": args.format, "rotate_bytes": 0}},
         "service": {"shutdown_grace": "30s"},
     }
+    if args.no_processors:
+        config["pipeline"] = {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")}
     gw = GatewayProcess(config, workdir).wait_ready()
     procs: list[mp.Process] = []
     try:
@@ -649,6 +701,8 @@ def report(r: dict[str, Any]) -> str:
         f"otelgate throughput: {c['protocol']}, {c['clients_per_protocol']} client process(es) per protocol x "
         f"{c['concurrency']} in flight, {c['duration_s']:g} s, {c['spans_per_request']} spans/request "
         f"({r['request_bytes_avg'] / 1024:.0f} KiB avg), file sink format {c['sink_format']} -> {c['sink_path']}",
+        f"spans: {c['llm_share']:.0%} LLM (fixtures), the rest ordinary HTTP/DB; processors "
+        f"{'normalize, price, llm_metrics' if c['processors'] else 'off'}",
         f"machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}. The client processes share these "
         f"cores with the gateway,",
         "  so spans/s below is bounded by the clients too; the per-core figure (gateway CPU only) is not.",
@@ -713,6 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spans-per-request", type=int, default=100, help="spans in every request")
     parser.add_argument("--pool", type=int, default=50, help="distinct pre-serialized requests")
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="how long to measure the ceiling")
+    parser.add_argument("--llm-share", type=float, default=1.0,
+                        help="share of LLM (fixture) spans; the rest are ordinary HTTP/DB spans (0.5 = the issue's mix)")
+    parser.add_argument("--no-processors", action="store_true",
+                        help="disable normalize, price and llm_metrics (receive -> sink only)")
     parser.add_argument("--format", choices=("proto", "json"), default="proto", help="file sink format")
     parser.add_argument("--discard", action="store_true",
                         help="file sink path /dev/null: everything but the page-cache write (delivery checked by metric)")

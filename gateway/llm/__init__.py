@@ -1,0 +1,1 @@
+"""LLM semantics: recognising provider calls in every dialect, and what they cost."""

@@ -1,0 +1,89 @@
+"""`pipeline.llm_metrics`: Prometheus metrics of LLM calls (requests, tokens, cost, latency).
+
+Counts only the batch's `llm_calls` (one per provider call, as the normalizer decided), so
+aggregates and duplicates are never counted twice. Label values are capped: past
+`max_models` distinct models (or `max_services` services) new ones are counted under
+`__other__`, so a flood of distinct names cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import Field
+
+from gateway.batch import Batch
+from gateway.configtypes import StrictModel
+from gateway.llm.call import LlmCall
+from gateway.processors import Processor, ProcessorContext
+from gateway.telemetry import Metrics
+
+OTHER = "__other__"
+UNKNOWN = "unknown"
+
+
+class Config(StrictModel):
+    enabled: bool = True
+    max_models: int = Field(500, gt=0, description="Distinct model label values before `__other__`.")
+    max_services: int = Field(200, gt=0, description="Distinct service label values before `__other__`.")
+
+
+class _Capped:
+    """Maps label values to themselves until `limit` distinct ones were seen, then to `__other__`."""
+
+    def __init__(self, limit: int) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def __call__(self, value: str | None) -> str:
+        value = value or UNKNOWN
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class LlmMetrics:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self._m = metrics
+        self._model = _Capped(config.max_models)
+        self._service = _Capped(config.max_services)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        """`family.labels(*labels)`, cached: prometheus-client validates labels on every call."""
+        key = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
+    def __call__(self, batch: Batch) -> Batch:
+        for call in batch.llm_calls or ():
+            self._record(call)
+        return batch
+
+    def _record(self, call: LlmCall) -> None:
+        m, child = self._m, self._child
+        service, provider, model = self._service(call.service), call.provider or UNKNOWN, self._model(call.model)
+        child(m.llm_requests, service, provider, model, call.operation or UNKNOWN, "error" if call.error else "ok").inc()
+        for kind, count in (("input", call.input_tokens), ("output", call.output_tokens),
+                            ("cache_read", call.cache_read_tokens), ("cache_write", call.cache_write_tokens),
+                            ("reasoning", call.reasoning_tokens)):
+            if count:
+                child(m.llm_tokens, service, provider, model, kind).inc(count)
+        if call.cost_usd is not None and call.cost_source:
+            child(m.llm_cost, service, provider, model, call.cost_source).inc(call.cost_usd)
+        elif call.cost_source == "unknown":
+            child(m.llm_unpriced, provider, model).inc()
+        duration = (call.end_time_unix_nano - call.start_time_unix_nano) / 1e9
+        if duration >= 0 and call.end_time_unix_nano:
+            child(m.llm_duration, service, provider, model).observe(duration)
+
+
+def create(config: Config, context: ProcessorContext) -> Processor:
+    record: Callable[[Batch], Batch] = LlmMetrics(config, context.metrics)
+    return record

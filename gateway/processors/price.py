@@ -1,0 +1,241 @@
+"""Price each LLM call the normalizer found, and write the cost on its span.
+
+Per call (`batch.llm_calls`), in this order:
+
+* the span already carries `otelgate.cost.source` (it went through an otelgate before): nothing
+  changes; the call's cost fields are read back from the span;
+* no token counts at all (e.g. a failed call): nothing to price, nothing written (unless the
+  emitter reported a non-zero cost anyway, which is kept as below);
+* the emitter reported a cost (`call.reported_cost`): kept as is (source `reported`), written to
+  `gen_ai.usage.cost` if the span does not carry that key, never recomputed;
+* otherwise the price table (overrides, then genai-prices) quotes it (source `computed` or
+  `override`), by the call's start time and service tier; a response model unknown to the
+  table falls back to the request model;
+* no price known: `otelgate.cost.source=unknown` and no cost attribute (never a guess), and one
+  warning per (provider, model) for the life of the processor, saying how to add a price.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from gateway.batch import Batch
+from gateway.configtypes import StrictModel
+from gateway.llm.call import COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, PRICE_MODEL, LlmCall
+from gateway.llm.pricing import Override, PriceTable, Quote, RefreshConfig
+from gateway.logs import get_logger
+from gateway.processors import Processor, ProcessorContext
+
+_log = get_logger("processor.price")
+
+_MAX_WARNED = 1000  # distinct unpriced (provider, model) pairs warned about; then one last line
+
+# Cost splits some emitters report next to their total (OpenInference; Langfuse's JSON details).
+_OI_PROMPT = "llm.cost.prompt"
+_OI_COMPLETION = "llm.cost.completion"
+_LANGFUSE_COST_DETAILS = "langfuse.observation.cost_details"
+_WATCHED = frozenset((COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, PRICE_MODEL, _OI_PROMPT, _OI_COMPLETION,
+                      _LANGFUSE_COST_DETAILS))
+
+
+class Config(StrictModel):
+    enabled: bool = True
+    overrides: list[Override] = []
+    refresh: RefreshConfig | None = None
+
+
+def create(config: Config, context: ProcessorContext) -> Processor:
+    table = PriceTable(config.overrides, refresh=config.refresh)
+    table.start()
+    return PriceProcessor(table)
+
+
+class PriceProcessor:
+    """`Processor`: prices `batch.llm_calls` in place. `close()` stops the refresh thread."""
+
+    def __init__(self, table: PriceTable) -> None:
+        self.table = table
+        self._warned: set[tuple[str | None, str | None]] = set()
+
+    def close(self) -> None:
+        self.table.close()
+
+    def __call__(self, batch: Batch) -> Batch:
+        calls = batch.llm_calls
+        if not calls:
+            return batch
+        changed = False
+        for call in calls:
+            if self.price(call):
+                changed = True
+        if changed:
+            batch.raw = None
+        return batch
+
+    def price(self, call: LlmCall) -> bool:
+        """Price one call; True if its span was changed."""
+        reported = call.reported_cost
+        if reported is not None and not math.isfinite(reported):
+            reported = None
+        if (call.input_tokens is None and call.output_tokens is None
+                and call.cache_read_tokens is None and call.cache_write_tokens is None and not reported):
+            return False  # nothing to price (e.g. a failed call; a reported 0 says nothing more)
+
+        span = call.span
+        seen = _watched_attributes(span)
+        if COST_SOURCE in seen:
+            _read_back(call, seen)
+            return False
+
+        if reported is not None:
+            cost = float(reported)
+            call.cost_usd, call.cost_source = cost, "reported"
+            if COST not in seen:
+                _put_double(span, seen, COST, cost)
+            split = _reported_split(span, seen)
+            if split is not None:
+                call.cost_input_usd, call.cost_output_usd = split
+                _put_double(span, seen, COST_INPUT, split[0])
+                _put_double(span, seen, COST_OUTPUT, split[1])
+            _put_string(span, seen, COST_SOURCE, "reported")
+            return True
+
+        quote = self._quote(call)
+        if quote is None:
+            call.cost_source = "unknown"
+            _put_string(span, seen, COST_SOURCE, "unknown")
+            self._warn_unknown(call)
+            return True
+
+        call.cost_usd = quote.total_usd
+        call.cost_input_usd = quote.input_usd
+        call.cost_output_usd = quote.output_usd
+        call.cost_source = quote.source
+        call.price_model = quote.matched
+        _put_double(span, seen, COST, quote.total_usd)
+        _put_double(span, seen, COST_INPUT, quote.input_usd)
+        _put_double(span, seen, COST_OUTPUT, quote.output_usd)
+        _put_string(span, seen, COST_SOURCE, quote.source)
+        _put_string(span, seen, PRICE_MODEL, quote.matched)
+        return True
+
+    def _quote(self, call: LlmCall) -> Quote | None:
+        at = call.start_time_unix_nano or None  # 0 = unknown start time: price as of now
+        kwargs: dict[str, Any] = {
+            "input_tokens": call.input_tokens or 0,
+            "output_tokens": call.output_tokens or 0,
+            "cache_read_tokens": call.cache_read_tokens or 0,
+            "cache_write_tokens": call.cache_write_tokens or 0,
+            "at": at,
+            "service_tier": call.service_tier,
+        }
+        quote = None
+        if call.response_model:
+            quote = self.table.quote(call.response_model, call.provider, **kwargs)
+        if quote is None and call.request_model and call.request_model != call.response_model:
+            quote = self.table.quote(call.request_model, call.provider, **kwargs)
+        return quote
+
+    def _warn_unknown(self, call: LlmCall) -> None:
+        key = (call.provider, call.model)
+        if key in self._warned or len(self._warned) > _MAX_WARNED:
+            return
+        self._warned.add(key)
+        if len(self._warned) > _MAX_WARNED:
+            _log.warning("no price known for many models; not naming more of them", limit=_MAX_WARNED)
+            return
+        model = call.model or "<model>"
+        scope = f"provider: {call.provider}, " if call.provider else ""
+        _log.warning(
+            "price unknown",
+            provider=call.provider or "", model=call.model or "", request_model=call.request_model or "",
+            effect="spans get otelgate.cost.source=unknown and no cost",
+            fix=f"add to pipeline.price.overrides: {{model: {model}, {scope}input_per_mtok: <USD>, output_per_mtok: <USD>}}",
+        )
+
+
+def _watched_attributes(span: Span) -> dict[str, int]:
+    """Index of each attribute this processor reads or writes (one pass over the span)."""
+    found: dict[str, int] = {}
+    watched = _WATCHED
+    for i, kv in enumerate(span.attributes):
+        key = kv.key
+        if key in watched and key not in found:
+            found[key] = i
+    return found
+
+
+def _number(span: Span, index: int | None) -> float | None:
+    if index is None:
+        return None
+    value = span.attributes[index].value
+    which = value.WhichOneof("value")
+    if which == "double_value":
+        return value.double_value
+    if which == "int_value":
+        return float(value.int_value)
+    if which == "string_value":
+        try:
+            return float(value.string_value)
+        except ValueError:
+            return None
+    return None
+
+
+def _read_back(call: LlmCall, seen: dict[str, int]) -> None:
+    """Fill the call's cost fields from a span priced by an earlier otelgate."""
+    span = call.span
+    value = span.attributes[seen[COST_SOURCE]].value
+    call.cost_source = value.string_value or None
+    call.cost_usd = _number(span, seen.get(COST))
+    call.cost_input_usd = _number(span, seen.get(COST_INPUT))
+    call.cost_output_usd = _number(span, seen.get(COST_OUTPUT))
+    if PRICE_MODEL in seen:
+        call.price_model = span.attributes[seen[PRICE_MODEL]].value.string_value or None
+
+
+def _reported_split(span: Span, seen: dict[str, int]) -> tuple[float, float] | None:
+    """An input/output split the emitter reported with its total: OpenInference
+    `llm.cost.prompt`/`.completion`, or Langfuse cost details with `input` and `output`."""
+    if _OI_PROMPT in seen and _OI_COMPLETION in seen:
+        prompt, completion = _number(span, seen[_OI_PROMPT]), _number(span, seen[_OI_COMPLETION])
+        if prompt is not None and completion is not None:
+            return prompt, completion
+    if _LANGFUSE_COST_DETAILS in seen:
+        try:
+            details = orjson.loads(span.attributes[seen[_LANGFUSE_COST_DETAILS]].value.string_value)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(details, dict):
+            inp, out = details.get("input"), details.get("output")
+            if isinstance(inp, (int, float)) and isinstance(out, (int, float)) and not isinstance(inp, bool) \
+                    and not isinstance(out, bool):
+                return float(inp), float(out)
+    return None
+
+
+def _put_double(span: Span, seen: dict[str, int], key: str, value: float) -> None:
+    index = seen.get(key)
+    if index is None:
+        kv = span.attributes.add()
+        kv.key = key
+        seen[key] = len(span.attributes) - 1
+        kv.value.double_value = value
+    else:
+        span.attributes[index].value.double_value = value
+
+
+def _put_string(span: Span, seen: dict[str, int], key: str, value: str) -> None:
+    index = seen.get(key)
+    if index is None:
+        kv = span.attributes.add()
+        kv.key = key
+        seen[key] = len(span.attributes) - 1
+        kv.value.string_value = value
+    else:
+        span.attributes[index].value.string_value = value
+
