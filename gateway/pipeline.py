@@ -60,6 +60,9 @@ class Pipeline:
             raise Refused("otelgate is shutting down; retry later", retry_after=_RETRY_AFTER_S)
         for process in self.processors:
             batch = process(batch)
+        # Sinks read spans, not the processors' notes; and live references to protobuf
+        # sub-messages make every later protobuf access slower while the batch waits in queues.
+        batch.llm_calls = None
         targets = self.router.route(batch)
         if not targets:
             self._no_route.inc(batch.spans)

@@ -103,3 +103,23 @@ def test_llm_metrics_count_unpriced_and_errors() -> None:
     assert get("otelgate_llm_requests_total", {"service": "svc", "provider": "openai", "model": "gpt-4o",
                                                "operation": "chat", "status": "error"}) == 1
     assert get("otelgate_llm_cost_usd_total", {"service": "svc", "provider": "openai", "model": "gpt-4o", "source": "computed"}) is None
+
+
+def test_pricing_is_the_same_whatever_keep_originals() -> None:
+    """The pricer writes through the normalizer's attribute index; removing aliases must not break it."""
+    costs = {}
+    for keep in (True, False):
+        config = parse(f"sinks: {{a: {{type: file}}}}\npipeline: {{normalize: {{keep_originals: {str(keep).lower()}}}}}",
+                       environ={})
+        chain = build_processors(config, Metrics())
+        got = {}
+        for _, batch in _batches():
+            for process in chain:
+                batch = process(batch)
+            for span in (s for rs in batch.request.resource_spans for ss in rs.scope_spans for s in ss.spans):
+                attrs = {kv.key: kv.value for kv in span.attributes}
+                if "gen_ai.usage.cost" in attrs:
+                    got[span.span_id] = (attrs["gen_ai.usage.cost"].double_value, attrs["otelgate.cost.source"].string_value)
+        costs[keep] = got
+    assert costs[True] == costs[False]
+    assert len(costs[True]) >= 30

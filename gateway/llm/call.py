@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 # Canonical attributes written by the normalizer (OTel GenAI semantic conventions).
@@ -63,6 +64,9 @@ class LlmCall:
     start_time_unix_nano: int
     end_time_unix_nano: int
     error: bool  # span status ERROR
+    # The span's attributes the LLM processors read (cost keys included), by key, as the
+    # normalizer found them in its one pass: the pricer looks them up here instead of scanning.
+    attributes: dict[str, KeyValue] | None = None
     # Filled by the pricer:
     cost_usd: float | None = None
     cost_input_usd: float | None = None

@@ -34,9 +34,9 @@ from pydantic import Field
 from gateway.batch import Batch
 from gateway.configtypes import StrictModel
 from gateway.llm.call import (
-    AGGREGATE, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, COST, COST_SOURCE, DUPLICATE_OF, INPUT_TOKENS, LLM_CALL,
-    OPERATION, OUTPUT_TOKENS, PROVIDER, PROVIDER_INFERRED, REASONING_TOKENS, REQUEST_MODEL, RESPONSE_ID, RESPONSE_MODEL,
-    LlmCall,
+    AGGREGATE, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, DUPLICATE_OF,
+    INPUT_TOKENS, LLM_CALL, OPERATION, OUTPUT_TOKENS, PRICE_MODEL, PROVIDER, PROVIDER_INFERRED, REASONING_TOKENS,
+    REQUEST_MODEL, RESPONSE_ID, RESPONSE_MODEL, LlmCall,
 )
 from gateway.llm.providers import canonical_provider, infer_provider
 from gateway.logs import get_logger
@@ -109,14 +109,16 @@ _TIER_KEYS = ("openai.response.service_tier", "gen_ai.openai.response.service_ti
               "openai.request.service_tier", "gen_ai.openai.request.service_tier", "gen_ai.request.service_tier")
 
 _HOST_KEYS = ("server.address", "url.full", "gen_ai.openai.api_base", "server.port")
+# Read by the pricer (through LlmCall.attributes), never by the normalizer.
+_PRICER_KEYS = (COST_INPUT, COST_OUTPUT, PRICE_MODEL, "llm.cost.prompt", "llm.cost.completion")
 
 # Keys that never make a span an LLM span on their own.
-_CONTEXT_KEYS = frozenset(_HOST_KEYS) - {"gen_ai.openai.api_base"}
+_CONTEXT_KEYS = (frozenset(_HOST_KEYS) - {"gen_ai.openai.api_base"}) | frozenset(_PRICER_KEYS)
 
 _KEYS = frozenset(
     _PROVIDER_KEYS + _REQUEST_MODEL_KEYS + _RESPONSE_MODEL_KEYS + _INVOCATION_KEYS + _INPUT_KEYS + _OUTPUT_KEYS
     + _CACHE_READ_KEYS + _CACHE_WRITE_KEYS + _REASONING_KEYS + _TOTAL_KEYS + _AGGREGATED_KEYS + _VERCEL_V6_DETAIL_KEYS
-    + _RESPONSE_ID_KEYS + _COST_KEYS + _TIER_KEYS + _HOST_KEYS + (
+    + _RESPONSE_ID_KEYS + _COST_KEYS + _TIER_KEYS + _HOST_KEYS + _PRICER_KEYS + (
         LANGFUSE_MODEL, LANGFUSE_USAGE, LANGFUSE_TYPE, LANGFUSE_LEVEL, LANGFUSE_PARAMS, MLFLOW_USAGE, MLFLOW_TYPE,
         LANGSMITH_KIND, LANGSMITH_INPUT_DETAILS, LANGSMITH_OUTPUT_DETAILS, OPENINFERENCE_KIND, REQUEST_TYPE,
         VERCEL_OPERATION, VERCEL_PROVIDER_METADATA, OPERATION, LLM_CALL, AGGREGATE, DUPLICATE_OF, PROVIDER_INFERRED,
@@ -865,7 +867,7 @@ class Normalizer:
 
         call = LlmCall(
             span, "", operation or "chat", provider, inferred, request_model, response_model, inp, out, cr, cw, rs,
-            tier, cost, cost_key, span.start_time_unix_nano, span.end_time_unix_nano, error)
+            tier, cost, cost_key, span.start_time_unix_nano, span.end_time_unix_nano, error, d)
         f = _Found(span, d, _CALL, call, input_raw, inp is not None or out is not None)
         f.exact = exact
         if mask & _B_RESPONSE_ID:

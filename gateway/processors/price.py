@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 import orjson
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.batch import Batch
@@ -86,7 +87,7 @@ class PriceProcessor:
             return False  # nothing to price (e.g. a failed call; a reported 0 says nothing more)
 
         span = call.span
-        seen = _watched_attributes(span)
+        seen = call.attributes if call.attributes is not None else _watched_attributes(span)
         if COST_SOURCE in seen:
             _read_back(call, seen)
             return False
@@ -96,7 +97,7 @@ class PriceProcessor:
             call.cost_usd, call.cost_source = cost, "reported"
             if COST not in seen:
                 _put_double(span, seen, COST, cost)
-            split = _reported_split(span, seen)
+            split = _reported_split(seen)
             if split is not None:
                 call.cost_input_usd, call.cost_output_usd = split
                 _put_double(span, seen, COST_INPUT, split[0])
@@ -158,21 +159,22 @@ class PriceProcessor:
         )
 
 
-def _watched_attributes(span: Span) -> dict[str, int]:
-    """Index of each attribute this processor reads or writes (one pass over the span)."""
-    found: dict[str, int] = {}
+def _watched_attributes(span: Span) -> dict[str, KeyValue]:
+    """The attributes this processor reads or writes, by key (one pass over the span); used when
+    the normalizer did not hand them over in `LlmCall.attributes`."""
+    found: dict[str, KeyValue] = {}
     watched = _WATCHED
-    for i, kv in enumerate(span.attributes):
+    for kv in span.attributes:
         key = kv.key
         if key in watched and key not in found:
-            found[key] = i
+            found[key] = kv
     return found
 
 
-def _number(span: Span, index: int | None) -> float | None:
-    if index is None:
+def _number(kv: KeyValue | None) -> float | None:
+    if kv is None:
         return None
-    value = span.attributes[index].value
+    value = kv.value
     which = value.WhichOneof("value")
     if which == "double_value":
         return value.double_value
@@ -186,28 +188,26 @@ def _number(span: Span, index: int | None) -> float | None:
     return None
 
 
-def _read_back(call: LlmCall, seen: dict[str, int]) -> None:
+def _read_back(call: LlmCall, seen: dict[str, KeyValue]) -> None:
     """Fill the call's cost fields from a span priced by an earlier otelgate."""
-    span = call.span
-    value = span.attributes[seen[COST_SOURCE]].value
-    call.cost_source = value.string_value or None
-    call.cost_usd = _number(span, seen.get(COST))
-    call.cost_input_usd = _number(span, seen.get(COST_INPUT))
-    call.cost_output_usd = _number(span, seen.get(COST_OUTPUT))
+    call.cost_source = seen[COST_SOURCE].value.string_value or None
+    call.cost_usd = _number(seen.get(COST))
+    call.cost_input_usd = _number(seen.get(COST_INPUT))
+    call.cost_output_usd = _number(seen.get(COST_OUTPUT))
     if PRICE_MODEL in seen:
-        call.price_model = span.attributes[seen[PRICE_MODEL]].value.string_value or None
+        call.price_model = seen[PRICE_MODEL].value.string_value or None
 
 
-def _reported_split(span: Span, seen: dict[str, int]) -> tuple[float, float] | None:
+def _reported_split(seen: dict[str, KeyValue]) -> tuple[float, float] | None:
     """An input/output split the emitter reported with its total: OpenInference
     `llm.cost.prompt`/`.completion`, or Langfuse cost details with `input` and `output`."""
     if _OI_PROMPT in seen and _OI_COMPLETION in seen:
-        prompt, completion = _number(span, seen[_OI_PROMPT]), _number(span, seen[_OI_COMPLETION])
+        prompt, completion = _number(seen[_OI_PROMPT]), _number(seen[_OI_COMPLETION])
         if prompt is not None and completion is not None:
             return prompt, completion
     if _LANGFUSE_COST_DETAILS in seen:
         try:
-            details = orjson.loads(span.attributes[seen[_LANGFUSE_COST_DETAILS]].value.string_value)
+            details = orjson.loads(seen[_LANGFUSE_COST_DETAILS].value.string_value)
         except orjson.JSONDecodeError:
             return None
         if isinstance(details, dict):
@@ -218,24 +218,17 @@ def _reported_split(span: Span, seen: dict[str, int]) -> tuple[float, float] | N
     return None
 
 
-def _put_double(span: Span, seen: dict[str, int], key: str, value: float) -> None:
-    index = seen.get(key)
-    if index is None:
-        kv = span.attributes.add()
+def _put_double(span: Span, seen: dict[str, KeyValue], key: str, value: float) -> None:
+    kv = seen.get(key)
+    if kv is None:
+        kv = seen[key] = span.attributes.add()
         kv.key = key
-        seen[key] = len(span.attributes) - 1
-        kv.value.double_value = value
-    else:
-        span.attributes[index].value.double_value = value
+    kv.value.double_value = value
 
 
-def _put_string(span: Span, seen: dict[str, int], key: str, value: str) -> None:
-    index = seen.get(key)
-    if index is None:
-        kv = span.attributes.add()
+def _put_string(span: Span, seen: dict[str, KeyValue], key: str, value: str) -> None:
+    kv = seen.get(key)
+    if kv is None:
+        kv = seen[key] = span.attributes.add()
         kv.key = key
-        seen[key] = len(span.attributes) - 1
-        kv.value.string_value = value
-    else:
-        span.attributes[index].value.string_value = value
-
+    kv.value.string_value = value
