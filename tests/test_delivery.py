@@ -16,14 +16,15 @@ from gateway.batch import Batch, RequestContext
 from gateway.config import parse
 from gateway.errors import PermanentError, Refused, RetryableError
 from gateway.pipeline import Pipeline
-from gateway.sinks.base import SinkConfig
+from gateway.sinks.base import Rejected, SinkConfig
 from gateway.sinks.driver import SinkDriver, _backoff
 from gateway.telemetry import Metrics
 
 
 class ScriptedSink:
-    def __init__(self, failures: Sequence[Exception] = ()) -> None:
+    def __init__(self, failures: Sequence[Exception] = (), rejected: Rejected | None = None) -> None:
         self.failures = list(failures)
+        self.rejected = rejected
         self.sent: list[list[int]] = []
         self.gate = asyncio.Event()
         self.gate.set()
@@ -36,6 +37,7 @@ class ScriptedSink:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append([b.spans for b in batches])
+        return self.rejected
 
     async def shutdown(self) -> None:
         self.closed = True
@@ -220,3 +222,16 @@ async def test_closing_pipeline_refuses() -> None:
     await pipeline.drain(0.05)
     with pytest.raises(Refused, match="shutting down"):
         await pipeline.consume(_batch(1))
+
+
+async def test_partial_success_counts_the_rejected_spans_as_dropped() -> None:
+    metrics = Metrics()
+    sink = ScriptedSink(rejected=Rejected(2, "2 spans had an invalid parent id"))
+    driver = SinkDriver("s", sink, _config(), metrics)
+    await driver.start()
+    driver.put(_batch(5))
+    await asyncio.sleep(0.05)
+    assert _value(metrics, "otelgate_sink_sent_spans_total", sink="s") == 3
+    assert _value(metrics, "otelgate_sink_dropped_spans_total", sink="s", reason="rejected") == 2
+    assert driver.health()["last_error"] == "2 spans had an invalid parent id"
+    await driver.drain(0.1)

@@ -7,6 +7,7 @@ belong to the driver (`gateway.sinks.driver`), so every sink gets them the same 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from pydantic import Field, model_validator
@@ -49,11 +50,20 @@ class SinkConfig(StrictModel):
     retry: RetryConfig = RetryConfig()
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The server took the export but refused some spans (OTLP `partial_success`): never retried."""
+
+    spans: int
+    message: str
+
+
 class Sink(Protocol):
-    """Encodes and writes batches. Raises `PermanentError` or `RetryableError` on failure."""
+    """Encodes and writes batches. Raises `PermanentError` or `RetryableError` on failure, or
+    returns `Rejected` when the receiving end accepted the export but refused part of it."""
 
     async def start(self) -> None: ...
 
-    async def send(self, batches: Sequence[Batch]) -> None: ...
+    async def send(self, batches: Sequence[Batch]) -> Rejected | None: ...
 
     async def shutdown(self) -> None: ...

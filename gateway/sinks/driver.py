@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from gateway.batch import Batch
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
-from gateway.sinks.base import Sink, SinkConfig
+from gateway.sinks.base import Rejected, Sink, SinkConfig
 from gateway.telemetry import Metrics
 
 _FAILING_AFTER_ATTEMPTS = 3
@@ -173,7 +173,7 @@ class SinkDriver:
         try:
             while True:
                 try:
-                    await self.sink.send(batches)
+                    result = await self.sink.send(batches)
                 except PermanentError as exc:
                     self._fail(spans, str(exc), "failing")
                     self.drop(spans, "permanent", str(exc))
@@ -194,7 +194,11 @@ class SinkDriver:
                     self.drop(spans, "error")
                     return
                 else:
-                    self._sent.inc(spans)
+                    rejected = min(spans, result.spans) if isinstance(result, Rejected) else 0
+                    if rejected:
+                        self.last_error = result.message
+                        self.drop(rejected, "rejected", result.message)
+                    self._sent.inc(spans - rejected)
                     self.status = "ok"
                     return
         except asyncio.CancelledError:

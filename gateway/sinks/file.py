@@ -84,6 +84,7 @@ class FileSink:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._write, batches)
         except OSError as exc:
             raise RetryableError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        return None
 
     async def shutdown(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
