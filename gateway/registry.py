@@ -12,10 +12,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from gateway.processors import llm_metrics, normalize, price
-from gateway.sinks import file
+from gateway.sinks import file, otlp
 
 SINKS: dict[str, ModuleType] = {
     "file": file,
+    "otlp": otlp,
+    "jaeger": otlp.jaeger,
 }
 
 PROCESSORS: dict[str, ModuleType] = {
