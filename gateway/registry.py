@@ -13,11 +13,13 @@ from types import ModuleType
 
 from gateway.processors import llm_metrics, normalize, price
 from gateway.sinks import file, otlp
+from gateway.sinks.langfuse import sink as langfuse
 
 SINKS: dict[str, ModuleType] = {
     "file": file,
     "otlp": otlp,
     "jaeger": otlp.jaeger,
+    "langfuse": langfuse,
 }
 
 PROCESSORS: dict[str, ModuleType] = {
