@@ -39,7 +39,7 @@ sinks:
         "sinks.traces.rotate_bytes: expected a size",
         "sinks.traces.formt: unknown key",
         "sinks.traces.compress: Input should be 'none' or 'gzip'",
-        "sinks.other.type: unknown sink type 'kafka'; expected one of: file",
+        "sinks.other.type: unknown sink type 'kafka'; expected one of: file, otlp, jaeger, langfuse",
         "sinks.notype.type: required",
     ]:
         assert expected in err, f"{expected!r} not in:\n{err}"
@@ -119,7 +119,7 @@ def test_embedded_default() -> None:
 
 def test_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
-    config = parse(example.read_text(), environ={"HOME": "/home/user"})
+    config = parse(example.read_text(), environ={"HOME": "/home/user", "LANGFUSE_PUBLIC_KEY": "pk", "LANGFUSE_SECRET_KEY": "sk"})
     assert config.sinks
 
 
