@@ -67,12 +67,17 @@ class Pipeline:
         if not targets:
             self._no_route.inc(batch.spans)
             return
-        full = [d for d in targets if not d.can_take(batch.spans)]
+        if batch.raw is None and any(d.durable for d in targets):
+            batch.raw = batch.request.SerializeToString()  # once, for every disk queue (and sinks after them)
+        full = [d for d in targets if not d.can_take(batch)]
         if full and (len(full) == len(targets) or any(d.when_full == "refuse" for d in full)):
             names = ", ".join(d.name for d in full)
             raise Refused(f"sink queue full ({names}); retry later", retry_after=_RETRY_AFTER_S)
-        for driver in targets:
-            driver.put(batch)
+        appends = [f for driver in targets if (f := driver.put(batch)) is not None]
+        if appends:
+            # Answer only once the batch is in every disk queue's write-ahead log. A failed append
+            # is the driver's to count (the batch is dropped there); other sinks still deliver it.
+            await asyncio.gather(*appends, return_exceptions=True)
 
     async def drain(self, timeout: float) -> None:
         """Deliver what the queues hold within `timeout` (all sinks in parallel), then close them."""

@@ -13,11 +13,17 @@ from typing import Literal, Protocol
 from pydantic import Field, model_validator
 
 from gateway.batch import Batch
-from gateway.configtypes import Duration, StrictModel
+from gateway.configtypes import ByteSize, Duration, StrictModel
 
 
 class QueueConfig(StrictModel):
+    type: Literal["memory", "disk"] = Field(
+        "memory", description="disk: every accepted batch is in a write-ahead log before the client is answered.")
     max_spans: int = Field(100_000, gt=0, description="Capacity in spans, counting those being sent.")
+    max_bytes: ByteSize = Field(1024**3, gt=0, description="disk: the write-ahead log's budget on disk.")
+    dir: str = Field("./otelgate-queue", description="disk: the log lives in <dir>/<sink name>/.")
+    fsync: Literal["always", "batch", "never"] = Field(
+        "batch", description="disk: batch = one fsync per accepted batch; always = also per acknowledgement; never = the OS decides.")
     when_full: Literal["drop_newest", "drop_oldest", "refuse"] = Field(
         "drop_newest",
         description="drop_newest/drop_oldest: this sink loses data (counted) so other sinks keep flowing; "

@@ -1,11 +1,18 @@
 """The sink driver: a bounded queue in front of one sink, with batching, retries and accounting.
 
 Guarantees (what the README promises for every sink):
-- A span is counted `sent` only after the sink's `send` returned; `dropped` (with a reason) when
-  it will never be sent: `queue_full`, `permanent`, `retry_exhausted`, `error`, `shutdown`.
-  Every span admitted to the queue ends in exactly one of the two.
+- A span is counted `sent` only after its sink's `send` returned; `dropped` (with a reason) when
+  it will never be sent: `queue_full`, `permanent`, `retry_exhausted`, `error`, `shutdown`,
+  `disk_error`, or `rejected` (the server accepted the export but refused those spans: OTLP
+  partial success). Every span admitted to the queue ends in exactly one of the two, except
+  that a disk queue keeps what it could not deliver at shutdown for the next start.
 - The queue is bounded in spans, counting spans being sent, so memory stays bounded while a
-  sink is down; what happens when full is the sink's `queue.when_full`.
+  sink is down; a disk queue is bounded in bytes on disk too. What happens when full is the
+  sink's `queue.when_full`.
+- With `queue.type: disk`, every admitted batch is appended to the sink's write-ahead log
+  (`gateway.sinks.wal`) before the pipeline answers the client, and acknowledged in the log
+  once delivered or dropped; after a crash the log's unacknowledged batches are delivered
+  first, in order (at least once: a batch delivered just before a crash may be sent again).
 - One worker per sink sends batches in arrival order; a slow or failing sink only fills its own
   queue and never waits on (or makes wait) another sink or a receiver.
 """
@@ -17,14 +24,28 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
-from gateway.batch import Batch
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from gateway.batch import Batch, RequestContext
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
 from gateway.sinks.base import Rejected, Sink, SinkConfig
+from gateway.sinks.wal import WalFull, WriteAheadLog
 from gateway.telemetry import Metrics
 
 _FAILING_AFTER_ATTEMPTS = 3
+_RECORD_OVERHEAD = 64  # framing and record fields around a request in the write-ahead log
+
+
+@dataclass(slots=True)
+class _Entry:
+    batch: Batch
+    sequence: int | None = None  # in the write-ahead log, once appended
+    appended: "asyncio.Future[int] | None" = None
 
 
 class SinkDriver:
@@ -37,7 +58,7 @@ class SinkDriver:
         self.status = "ok"
         self.last_error: str | None = None
         self._log = get_logger(f"sink.{name}")
-        self._queue: deque[Batch] = deque()
+        self._queue: deque[_Entry] = deque()
         self._queued_spans = 0  # waiting, not yet taken by the worker
         self._depth = 0  # waiting + being sent
         self._first_arrival = 0.0
@@ -47,6 +68,17 @@ class SinkDriver:
         self._sent = metrics.sink_sent_spans.labels(name)
         self._failed = metrics.sink_failed_spans.labels(name)
         self._dropped = metrics.sink_dropped_spans
+        self._wal: WriteAheadLog | None = None
+        self._disk: ThreadPoolExecutor | None = None
+        self._appending_bytes = 0  # admitted, not yet appended
+        if config.queue.type == "disk":
+            self._wal = WriteAheadLog(Path(config.queue.dir) / name, max_bytes=config.queue.max_bytes,
+                                      fsync=config.queue.fsync)
+            self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{name}")
+
+    @property
+    def durable(self) -> bool:
+        return self._wal is not None
 
     # -- admission (called by the pipeline, on the event loop, never waits) -----------------
 
@@ -54,42 +86,87 @@ class SinkDriver:
     def depth(self) -> int:
         return self._depth
 
-    def has_room(self, spans: int) -> bool:
+    def has_room(self, batch: Batch) -> bool:
         """An empty queue always takes one batch, however large, so no request is refused forever."""
-        return not self._closing and (self._depth == 0 or self._depth + spans <= self.capacity)
+        if self._closing:
+            return False
+        if self._depth == 0:
+            return True
+        if self._depth + batch.spans > self.capacity:
+            return False
+        return self._wal is None or self._disk_room(batch)
 
-    def can_take(self, spans: int) -> bool:
+    def _disk_room(self, batch: Batch) -> bool:
+        assert self._wal is not None
+        need = len(batch.serialized()) + _RECORD_OVERHEAD
+        return self._wal.size_bytes + self._appending_bytes + need <= self.config.queue.max_bytes
+
+    def can_take(self, batch: Batch) -> bool:
         """Room now, or room that `drop_oldest` can make by evicting batches not yet being sent."""
-        if self.has_room(spans):
+        if self.has_room(batch):
             return True
         if self.when_full != "drop_oldest" or self._closing:
             return False
         in_flight = self._depth - self._queued_spans
-        return in_flight == 0 or in_flight + spans <= self.capacity
+        return in_flight == 0 or in_flight + batch.spans <= self.capacity
 
-    def put(self, batch: Batch) -> None:
-        """Enqueue `batch`, or apply `when_full` if there is no room (the caller decided not to refuse)."""
+    def put(self, batch: Batch) -> "asyncio.Future[int] | None":
+        """Enqueue `batch`, or apply `when_full` if there is no room (the caller decided not to refuse).
+
+        For a disk queue, returns the future of the append to the write-ahead log: the caller
+        answers its client only once it is done.
+        """
         if self._closing:
             self.drop(batch.spans, "shutdown")
-            return
-        if not self.has_room(batch.spans):
+            return None
+        if not self.has_room(batch):
             if self.when_full == "drop_oldest":
-                while self._queue and not self.has_room(batch.spans):
+                while self._queue and not self.has_room(batch):
                     old = self._queue.popleft()
-                    self._queued_spans -= old.spans
-                    self._depth -= old.spans
-                    self.drop(old.spans, "queue_full")
-            if not self.has_room(batch.spans):
+                    self._queued_spans -= old.batch.spans
+                    self._depth -= old.batch.spans
+                    self.drop(old.batch.spans, "queue_full")
+                    self._ack(old)
+            if not self.has_room(batch):
                 self.drop(batch.spans, "queue_full")
-                return
+                return None
+        entry = _Entry(batch)
+        if self._wal is not None:
+            entry.appended = self._append(entry)
         if not self._queue:
             self._first_arrival = time.monotonic()
             self._wakeup.set()
-        self._queue.append(batch)
+        self._queue.append(entry)
         self._queued_spans += batch.spans
         self._depth += batch.spans
         if self._queued_spans >= self.config.batch.max_spans:
             self._wakeup.set()
+        return entry.appended
+
+    def _append(self, entry: _Entry) -> "asyncio.Future[int]":
+        """Append to the log on the sink's disk thread (in admission order)."""
+        assert self._wal is not None and self._disk is not None
+        body = entry.batch.serialized()
+        self._appending_bytes += len(body) + _RECORD_OVERHEAD
+        future = asyncio.get_running_loop().run_in_executor(self._disk, self._wal.append, body, entry.batch.spans)
+
+        def appended(f: "asyncio.Future[int]") -> None:
+            self._appending_bytes -= len(body) + _RECORD_OVERHEAD
+            if not f.cancelled() and f.exception() is None:
+                entry.sequence = f.result()
+
+        future.add_done_callback(appended)
+        return future
+
+    def _ack(self, entry: _Entry) -> None:
+        """The entry is done (delivered or dropped): tell the log, on the disk thread, in order."""
+        if self._wal is None or self._disk is None:
+            return
+        if entry.sequence is not None:
+            asyncio.get_running_loop().run_in_executor(self._disk, self._wal.ack, entry.sequence)
+        elif entry.appended is not None and not entry.appended.done():
+            # Dropped before its append finished: acknowledge it once it has a sequence.
+            entry.appended.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._ack(entry))
 
     def drop(self, spans: int, reason: str, detail: str | None = None) -> None:
         if spans <= 0:
@@ -101,13 +178,32 @@ class SinkDriver:
 
     async def start(self) -> None:
         if self._worker is None:
+            if self._wal is not None:
+                await self._replay()
             await self.sink.start()
             self._worker = asyncio.create_task(self._run(), name=f"sink-{self.name}")
+
+    async def _replay(self) -> None:
+        """Queue what the log holds from before a restart, ahead of anything new."""
+        assert self._wal is not None
+        records = await asyncio.get_running_loop().run_in_executor(self._disk, self._wal.open)
+        spans = 0
+        for record in records:
+            request = ExportTraceServiceRequest.FromString(record.request)
+            batch = Batch(request, record.spans, RequestContext("wal"), raw=record.request)
+            self._queue.append(_Entry(batch, record.sequence))
+            self._queued_spans += record.spans
+            self._depth += record.spans
+            spans += record.spans
+        if records:
+            self._first_arrival = time.monotonic()
+            self._log.info("delivering what the disk queue kept", sink=self.name, batches=len(records), spans=spans)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking data, deliver what is queued within `timeout`, then close the sink.
 
-        What could not be delivered in time is counted as dropped (`reason="shutdown"`).
+        What could not be delivered in time is counted as dropped (`reason="shutdown"`), except
+        in a disk queue, which keeps it for the next start.
         """
         self._closing = True
         self._wakeup.set()
@@ -119,14 +215,21 @@ class SinkDriver:
                 await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
         if self._depth:
-            self._log.error("shutdown grace period over; undelivered spans dropped", sink=self.name, spans=self._depth)
-            self.drop(self._depth, "shutdown")
+            if self._wal is not None:
+                self._log.warning("shutdown grace period over; undelivered spans kept in the disk queue",
+                                  sink=self.name, spans=self._depth)
+            else:
+                self._log.error("shutdown grace period over; undelivered spans dropped", sink=self.name, spans=self._depth)
+                self.drop(self._depth, "shutdown")
             self._queue.clear()
             self._queued_spans = self._depth = 0
         try:
             await self.sink.shutdown()
         except Exception:
             self._log.error("sink failed to close", exc_info=True, sink=self.name)
+        if self._wal is not None and self._disk is not None:
+            await asyncio.get_running_loop().run_in_executor(self._disk, self._wal.close)
+            self._disk.shutdown(wait=True)
 
     def health(self) -> dict[str, object]:
         return {"status": self.status, "queue_depth": self._depth, "queue_capacity": self.capacity, "last_error": self.last_error}
@@ -153,23 +256,30 @@ class SinkDriver:
             taken = self._take(max_spans)
             await self._deliver(taken)
 
-    def _take(self, max_spans: int) -> list[Batch]:
+    def _take(self, max_spans: int) -> list[_Entry]:
         taken = [self._queue.popleft()]
-        spans = taken[0].spans
-        while self._queue and spans + self._queue[0].spans <= max_spans:
-            batch = self._queue.popleft()
-            taken.append(batch)
-            spans += batch.spans
+        spans = taken[0].batch.spans
+        while self._queue and spans + self._queue[0].batch.spans <= max_spans:
+            entry = self._queue.popleft()
+            taken.append(entry)
+            spans += entry.batch.spans
         self._queued_spans -= spans
         if self._queue:
             self._first_arrival = time.monotonic()
         return taken
 
-    async def _deliver(self, batches: Sequence[Batch]) -> None:
+    async def _deliver(self, entries: Sequence[_Entry]) -> None:
+        if self._wal is not None:
+            entries = await self._durable(entries)
+            if not entries:
+                return
+        batches = [e.batch for e in entries]
         spans = sum(b.spans for b in batches)
         retry = self.config.retry
         started = time.monotonic()
         attempt = 0
+        done = False  # delivered or dropped: the log may forget it
+        kept = False  # cancelled at shutdown, still in the disk queue: drain() reports it
         try:
             while True:
                 try:
@@ -177,6 +287,7 @@ class SinkDriver:
                 except PermanentError as exc:
                     self._fail(spans, str(exc), "failing")
                     self.drop(spans, "permanent", str(exc))
+                    done = True
                     return
                 except RetryableError as exc:
                     attempt += 1
@@ -184,6 +295,7 @@ class SinkDriver:
                     self._fail(spans, str(exc), "failing" if attempt >= _FAILING_AFTER_ATTEMPTS else "retrying")
                     if time.monotonic() - started + delay > retry.max_elapsed:
                         self.drop(spans, "retry_exhausted", str(exc))
+                        done = True
                         return
                     self._log.warning("send failed; will retry", sink=self.name, spans=spans, attempt=attempt,
                                       retry_in_s=round(delay, 3), error=str(exc))
@@ -192,6 +304,7 @@ class SinkDriver:
                     self._log.error("sink raised an unexpected error; batch dropped", exc_info=True, sink=self.name)
                     self._fail(spans, f"{type(exc).__name__}: {exc}", "failing")
                     self.drop(spans, "error")
+                    done = True
                     return
                 else:
                     rejected = min(spans, result.spans) if isinstance(result, Rejected) else 0
@@ -200,12 +313,42 @@ class SinkDriver:
                         self.drop(rejected, "rejected", result.message)
                     self._sent.inc(spans - rejected)
                     self.status = "ok"
+                    done = True
                     return
         except asyncio.CancelledError:
-            self.drop(spans, "shutdown")
+            if self._wal is None:
+                self.drop(spans, "shutdown")
+            else:
+                kept = True
             raise
         finally:
-            self._depth -= spans
+            if not kept:
+                self._depth -= spans
+            if done:
+                for entry in entries:
+                    self._ack(entry)
+
+    async def _durable(self, entries: Sequence[_Entry]) -> list[_Entry]:
+        """Wait for the entries' appends; one that did not reach the log is dropped and counted
+        (the receiver has already answered; other sinks still have the batch)."""
+        kept = []
+        for entry in entries:
+            if entry.appended is not None:
+                try:
+                    await entry.appended
+                except WalFull:
+                    self._lost(entry, "queue_full", "disk queue full (queue.max_bytes)")
+                    continue
+                except OSError as exc:
+                    self._lost(entry, "disk_error", f"cannot write the disk queue: {exc}")
+                    continue
+            kept.append(entry)
+        return kept
+
+    def _lost(self, entry: _Entry, reason: str, detail: str) -> None:
+        self._depth -= entry.batch.spans
+        self.last_error = detail
+        self.drop(entry.batch.spans, reason, detail)
 
     def _fail(self, spans: int, error: str, status: str) -> None:
         self._failed.inc(spans)
