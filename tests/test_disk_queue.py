@@ -125,6 +125,7 @@ def test_shutdown_keeps_the_disk_queue_for_the_next_start(tmp_path: Path) -> Non
 def test_disk_budget_refuses_with_backpressure(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
     config = _forwarder(tmp_path, dead, {"max_bytes": "64KiB", "when_full": "refuse"})
+    config["service"]["shutdown_grace"] = "500ms"
     a = GatewayProcess(config, tmp_path).wait_ready()
     try:
         codes = [requests.post(f"{a.http}/v1/traces", data=_request(f"r{k}"), headers=PROTO, timeout=5).status_code
@@ -167,3 +168,23 @@ def test_torn_tail_is_skipped_and_the_rest_delivered(tmp_path: Path) -> None:
             a2.stop()
     finally:
         receiver.stop()
+
+
+def test_disk_budget_drop_oldest_keeps_the_newest(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{_free_port()}"
+    config = _forwarder(tmp_path, dead, {"max_bytes": "64KiB", "when_full": "drop_oldest"})
+    config["service"]["shutdown_grace"] = "500ms"
+    a = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        codes = [requests.post(f"{a.http}/v1/traces", data=_request(f"r{k}"), headers=PROTO, timeout=5).status_code
+                 for k in range(40)]
+        assert set(codes) == {200}
+        dropped = metric(a.admin, "otelgate_sink_dropped_spans_total", sink="fwd", reason="queue_full")
+        queued = metric(a.admin, "otelgate_sink_queue_size", sink="fwd")
+        sink_lines = [line for line in requests.get(f"{a.admin}/metrics", timeout=5).text.splitlines()
+                      if 'sink="fwd"' in line]
+        assert dropped > 0 and dropped + queued == 40 * 20, sink_lines
+        wait_for(lambda: sum(p.stat().st_size for p in (tmp_path / "queue" / "fwd").glob("segment-*.wal"))
+                 <= 64 * 1024 + 16 * 1024 * 1024)  # evicted records free whole segments only
+    finally:
+        a.stop()

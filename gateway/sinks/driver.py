@@ -46,6 +46,7 @@ class _Entry:
     batch: Batch
     sequence: int | None = None  # in the write-ahead log, once appended
     appended: "asyncio.Future[int] | None" = None
+    disk_bytes: int = 0  # what it holds of the disk budget until acknowledged
 
 
 class SinkDriver:
@@ -70,7 +71,7 @@ class SinkDriver:
         self._dropped = metrics.sink_dropped_spans
         self._wal: WriteAheadLog | None = None
         self._disk: ThreadPoolExecutor | None = None
-        self._appending_bytes = 0  # admitted, not yet appended
+        self._disk_bytes = 0  # of admitted batches not yet acknowledged (appended or being appended)
         if config.queue.type == "disk":
             self._wal = WriteAheadLog(Path(config.queue.dir) / name, max_bytes=config.queue.max_bytes,
                                       fsync=config.queue.fsync)
@@ -99,7 +100,7 @@ class SinkDriver:
     def _disk_room(self, batch: Batch) -> bool:
         assert self._wal is not None
         need = len(batch.serialized()) + _RECORD_OVERHEAD
-        return self._wal.size_bytes + self._appending_bytes + need <= self.config.queue.max_bytes
+        return self._disk_bytes + need <= self.config.queue.max_bytes
 
     def can_take(self, batch: Batch) -> bool:
         """Room now, or room that `drop_oldest` can make by evicting batches not yet being sent."""
@@ -147,13 +148,16 @@ class SinkDriver:
         """Append to the log on the sink's disk thread (in admission order)."""
         assert self._wal is not None and self._disk is not None
         body = entry.batch.serialized()
-        self._appending_bytes += len(body) + _RECORD_OVERHEAD
+        entry.disk_bytes = len(body) + _RECORD_OVERHEAD
+        self._disk_bytes += entry.disk_bytes
         future = asyncio.get_running_loop().run_in_executor(self._disk, self._wal.append, body, entry.batch.spans)
 
         def appended(f: "asyncio.Future[int]") -> None:
-            self._appending_bytes -= len(body) + _RECORD_OVERHEAD
             if not f.cancelled() and f.exception() is None:
                 entry.sequence = f.result()
+            else:  # not in the log: it no longer holds any of the budget
+                self._disk_bytes -= entry.disk_bytes
+                entry.disk_bytes = 0
 
         future.add_done_callback(appended)
         return future
@@ -163,6 +167,8 @@ class SinkDriver:
         if self._wal is None or self._disk is None:
             return
         if entry.sequence is not None:
+            self._disk_bytes -= entry.disk_bytes
+            entry.disk_bytes = 0
             asyncio.get_running_loop().run_in_executor(self._disk, self._wal.ack, entry.sequence)
         elif entry.appended is not None and not entry.appended.done():
             # Dropped before its append finished: acknowledge it once it has a sequence.
@@ -191,7 +197,9 @@ class SinkDriver:
         for record in records:
             request = ExportTraceServiceRequest.FromString(record.request)
             batch = Batch(request, record.spans, RequestContext("wal"), raw=record.request)
-            self._queue.append(_Entry(batch, record.sequence))
+            entry = _Entry(batch, record.sequence, disk_bytes=len(record.request) + _RECORD_OVERHEAD)
+            self._disk_bytes += entry.disk_bytes
+            self._queue.append(entry)
             self._queued_spans += record.spans
             self._depth += record.spans
             spans += record.spans

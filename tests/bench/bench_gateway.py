@@ -534,6 +534,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
                    "llm_share": args.llm_share, "processors": not args.no_processors,
+                   "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
                    "sink_path": "/dev/null" if args.discard else "file in a temp dir"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "note": "client processes share the machine's cores with the gateway: spans_per_s is bounded by the "
@@ -558,6 +559,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.no_processors:
         config["pipeline"] = {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")}
+    receiver = None
+    if args.sink == "otlp":
+        # A trivial receiver: another otelgate with no processors, writing to /dev/null.
+        (workdir / "receiver").mkdir(exist_ok=True)
+        receiver = GatewayProcess({
+            "receivers": {"grpc": {"endpoint": "127.0.0.1:0", "max_message_bytes": "64MiB"}},
+            "admin": {"endpoint": "127.0.0.1:0"},
+            "sinks": {"null": {"type": "file", "path": os.devnull, "format": "proto", "rotate_bytes": 0}},
+            "pipeline": {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")},
+        }, workdir / "receiver").wait_ready()
+        config["sinks"][SINK] = {"type": "otlp", "protocol": "grpc", "endpoint": receiver.grpc, "compression": "none"}
+    if args.queue == "disk":
+        config["sinks"][SINK]["queue"] = {"type": "disk", "dir": str(workdir / "queue"), "fsync": args.fsync,
+                                          "max_bytes": "8GiB"}
     gw = GatewayProcess(config, workdir).wait_ready()
     procs: list[mp.Process] = []
     try:
@@ -663,7 +678,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Delivery: stop the gateway (SIGTERM drains) and count what the file holds.
         sent_metric = after["sent"]
         exit_code = gw.stop(60)
-        counted = args.format == "proto" and not args.discard
+        counted = args.sink == "file" and args.format == "proto" and not args.discard
         records, file_spans = spans_in_file(out_path) if counted else (None, None)
         result["delivered"] = {
             "acknowledged_spans": acked_total,
@@ -687,6 +702,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if gw.proc.poll() is None:
             gw.proc.kill()
             gw.proc.wait()
+        if receiver is not None:
+            receiver.stop()
         if args.keep or args.workdir:
             (workdir / "gateway.log").write_text(gw.log_text() + "\n")
             result["workdir"] = str(workdir)
@@ -702,7 +719,8 @@ def report(r: dict[str, Any]) -> str:
         f"{c['concurrency']} in flight, {c['duration_s']:g} s, {c['spans_per_request']} spans/request "
         f"({r['request_bytes_avg'] / 1024:.0f} KiB avg), file sink format {c['sink_format']} -> {c['sink_path']}",
         f"spans: {c['llm_share']:.0%} LLM (fixtures), the rest ordinary HTTP/DB; processors "
-        f"{'normalize, price, llm_metrics' if c['processors'] else 'off'}",
+        f"{'normalize, price, llm_metrics' if c['processors'] else 'off'}; sink {c['sink']}, "
+        f"{c['queue']} queue" + (f" (fsync {c['fsync']})" if c['fsync'] else ""),
         f"machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}. The client processes share these "
         f"cores with the gateway,",
         "  so spans/s below is bounded by the clients too; the per-core figure (gateway CPU only) is not.",
@@ -769,6 +787,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="how long to measure the ceiling")
     parser.add_argument("--llm-share", type=float, default=1.0,
                         help="share of LLM (fixture) spans; the rest are ordinary HTTP/DB spans (0.5 = the issue's mix)")
+    parser.add_argument("--sink", choices=("file", "otlp"), default="file",
+                        help="file sink, or an OTLP/gRPC sink (no compression) to a second otelgate writing to /dev/null")
+    parser.add_argument("--queue", choices=("memory", "disk"), default="memory", help="the sink's queue")
+    parser.add_argument("--fsync", choices=("always", "batch", "never"), default="batch", help="disk queue fsync")
     parser.add_argument("--no-processors", action="store_true",
                         help="disable normalize, price and llm_metrics (receive -> sink only)")
     parser.add_argument("--format", choices=("proto", "json"), default="proto", help="file sink format")
