@@ -27,10 +27,17 @@ def _request(tag: str, n: int = 20) -> bytes:
     return req.SerializeToString()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_DEAD: list[socket.socket] = []
+
+
+def _dead_endpoint() -> str:
+    """A loopback URL that refuses connections: the port stays bound (never listening) for the
+    whole run, so no gateway started later can be given it (a freed port can be reused at once,
+    and a sink pointed at its own receiver would deliver to itself)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _DEAD.append(s)
+    return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _forwarder(workdir: Path, target: str, queue: dict[str, Any], **sink: Any) -> dict[str, Any]:
@@ -99,7 +106,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
 def test_shutdown_keeps_the_disk_queue_for_the_next_start(tmp_path: Path) -> None:
     a_dir = tmp_path / "a"
     a_dir.mkdir()
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = _dead_endpoint()
     config = _forwarder(a_dir, dead, {})
     config["service"]["shutdown_grace"] = "1s"
     a = GatewayProcess(config, a_dir).wait_ready()
@@ -123,7 +130,7 @@ def test_shutdown_keeps_the_disk_queue_for_the_next_start(tmp_path: Path) -> Non
 
 
 def test_disk_budget_refuses_with_backpressure(tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = _dead_endpoint()
     config = _forwarder(tmp_path, dead, {"max_bytes": "64KiB", "when_full": "refuse"})
     config["service"]["shutdown_grace"] = "500ms"
     a = GatewayProcess(config, tmp_path).wait_ready()
@@ -143,7 +150,7 @@ def test_disk_budget_refuses_with_backpressure(tmp_path: Path) -> None:
 def test_torn_tail_is_skipped_and_the_rest_delivered(tmp_path: Path) -> None:
     a_dir = tmp_path / "a"
     a_dir.mkdir()
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = _dead_endpoint()
     config = _forwarder(a_dir, dead, {})
     config["service"]["shutdown_grace"] = "500ms"
     a = GatewayProcess(config, a_dir).wait_ready()
@@ -171,7 +178,7 @@ def test_torn_tail_is_skipped_and_the_rest_delivered(tmp_path: Path) -> None:
 
 
 def test_disk_budget_drop_oldest_keeps_the_newest(tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = _dead_endpoint()
     config = _forwarder(tmp_path, dead, {"max_bytes": "64KiB", "when_full": "drop_oldest"})
     config["service"]["shutdown_grace"] = "500ms"
     a = GatewayProcess(config, tmp_path).wait_ready()

@@ -69,10 +69,12 @@ def sink_health(gw: GatewayProcess, sink: str = "up") -> dict[str, Any]:
     return requests.get(f"{gw.admin}/health", timeout=5).json()["sinks"][sink]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def reserve_port() -> socket.socket:
+    """A loopback port that refuses connections while the returned socket stays open (bound, never
+    listening): no gateway started meanwhile can be given it. Close it just before serving on it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 # -- the scripted receiver ---------------------------------------------------------------------
@@ -414,13 +416,15 @@ def test_partial_success_counts_rejected_spans(receiver: Receiver, run_gateway: 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_connection_refused_until_the_server_comes_up(tmp_path: Path, run_gateway: Any, protocol: str) -> None:
-    port = free_port()
+    reserved = reserve_port()
+    port = reserved.getsockname()[1]
     endpoint = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}"
     gw = run_gateway({"up": {"type": "otlp", "endpoint": endpoint, "protocol": protocol, "retry": FAST_RETRY,
                              "batch": {"max_delay": "20ms"}}})
     send_all(gw)
     wait_for(lambda: sink_health(gw)["status"] == "failing")  # after 3 refused attempts
     assert sink_health(gw)["last_error"]
+    reserved.close()
     receiver = Receiver().start(grpc_port=port if protocol == "grpc" else 0, http_port=port if protocol == "http" else 0)
     try:
         wait_for(lambda: len(receiver.delivered_ids()) >= TOTAL_SPANS, timeout=15)
