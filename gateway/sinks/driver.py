@@ -73,8 +73,11 @@ class SinkDriver:
         self._disk: ThreadPoolExecutor | None = None
         self._disk_bytes = 0  # of admitted batches not yet acknowledged (appended or being appended)
         if config.queue.type == "disk":
+            # Disk is reclaimed a whole segment at a time: keep segments small next to the budget,
+            # so dropping the oldest batches (or delivering them) frees space soon.
+            segment = max(4096, min(16 * 1024 * 1024, config.queue.max_bytes // 8))
             self._wal = WriteAheadLog(Path(config.queue.dir) / name, max_bytes=config.queue.max_bytes,
-                                      fsync=config.queue.fsync)
+                                      fsync=config.queue.fsync, segment_bytes=segment)
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{name}")
 
     @property
