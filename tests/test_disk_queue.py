@@ -103,16 +103,21 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         receiver.stop()
 
 
-def test_shutdown_keeps_the_disk_queue_for_the_next_start(tmp_path: Path) -> None:
-    a_dir = tmp_path / "a"
+def _queue_while_down(a_dir: Path, requests_: int) -> tuple[dict[str, Any], GatewayProcess]:
+    """Run a forwarder whose receiver is down, send `requests_` requests (r0, r1...), stop it."""
     a_dir.mkdir()
-    dead = _dead_endpoint()
-    config = _forwarder(a_dir, dead, {})
-    config["service"]["shutdown_grace"] = "1s"
+    config = _forwarder(a_dir, _dead_endpoint(), {})
+    config["service"]["shutdown_grace"] = "500ms"
     a = GatewayProcess(config, a_dir).wait_ready()
-    for k in range(5):
+    for k in range(requests_):
         assert requests.post(f"{a.http}/v1/traces", data=_request(f"r{k}"), headers=PROTO, timeout=5).status_code == 200
     assert a.stop() == 0
+    return config, a
+
+
+def test_shutdown_keeps_the_disk_queue_for_the_next_start(tmp_path: Path) -> None:
+    a_dir = tmp_path / "a"
+    config, a = _queue_while_down(a_dir, 5)
     assert "undelivered spans kept in the disk queue" in a.log_text()
     receiver = _receiver(tmp_path / "b")
     try:
@@ -149,14 +154,7 @@ def test_disk_budget_refuses_with_backpressure(tmp_path: Path) -> None:
 
 def test_torn_tail_is_skipped_and_the_rest_delivered(tmp_path: Path) -> None:
     a_dir = tmp_path / "a"
-    a_dir.mkdir()
-    dead = _dead_endpoint()
-    config = _forwarder(a_dir, dead, {})
-    config["service"]["shutdown_grace"] = "500ms"
-    a = GatewayProcess(config, a_dir).wait_ready()
-    for k in range(4):
-        assert requests.post(f"{a.http}/v1/traces", data=_request(f"r{k}"), headers=PROTO, timeout=5).status_code == 200
-    assert a.stop() == 0
+    config, _ = _queue_while_down(a_dir, 4)
     segments = sorted((a_dir / "queue" / "fwd").glob("segment-*.wal"))
     assert segments
     last = segments[-1]

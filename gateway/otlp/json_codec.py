@@ -1,6 +1,6 @@
 """OTLP/JSON codec (the "JSON Protobuf Encoding" of the OTLP specification).
 
-Why not ``google.protobuf.json_format``: it is an order of magnitude too slow for
+Why not protobuf's own JSON formatter: it is an order of magnitude too slow for
 a gateway's hot path, and it is not OTLP/JSON anyway (ids must be hex, not base64).
 Encoding walks the protobuf messages by hand into plain dicts/lists and lets orjson
 write them; decoding turns the parsed JSON into constructor keyword dicts so upb

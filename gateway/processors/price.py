@@ -96,19 +96,19 @@ class PriceProcessor:
             cost = float(reported)
             call.cost_usd, call.cost_source = cost, "reported"
             if COST not in seen:
-                _put_double(span, seen, COST, cost)
+                _put(span, seen, COST, cost)
             split = _reported_split(seen)
             if split is not None:
                 call.cost_input_usd, call.cost_output_usd = split
-                _put_double(span, seen, COST_INPUT, split[0])
-                _put_double(span, seen, COST_OUTPUT, split[1])
-            _put_string(span, seen, COST_SOURCE, "reported")
+                _put(span, seen, COST_INPUT, split[0])
+                _put(span, seen, COST_OUTPUT, split[1])
+            _put(span, seen, COST_SOURCE, "reported")
             return True
 
         quote = self._quote(call)
         if quote is None:
             call.cost_source = "unknown"
-            _put_string(span, seen, COST_SOURCE, "unknown")
+            _put(span, seen, COST_SOURCE, "unknown")
             self._warn_unknown(call)
             return True
 
@@ -117,11 +117,11 @@ class PriceProcessor:
         call.cost_output_usd = quote.output_usd
         call.cost_source = quote.source
         call.price_model = quote.matched
-        _put_double(span, seen, COST, quote.total_usd)
-        _put_double(span, seen, COST_INPUT, quote.input_usd)
-        _put_double(span, seen, COST_OUTPUT, quote.output_usd)
-        _put_string(span, seen, COST_SOURCE, quote.source)
-        _put_string(span, seen, PRICE_MODEL, quote.matched)
+        _put(span, seen, COST, quote.total_usd)
+        _put(span, seen, COST_INPUT, quote.input_usd)
+        _put(span, seen, COST_OUTPUT, quote.output_usd)
+        _put(span, seen, COST_SOURCE, quote.source)
+        _put(span, seen, PRICE_MODEL, quote.matched)
         return True
 
     def _quote(self, call: LlmCall) -> Quote | None:
@@ -218,17 +218,13 @@ def _reported_split(seen: dict[str, KeyValue]) -> tuple[float, float] | None:
     return None
 
 
-def _put_double(span: Span, seen: dict[str, KeyValue], key: str, value: float) -> None:
+def _put(span: Span, seen: dict[str, KeyValue], key: str, value: float | str) -> None:
+    """Set attribute `key` (a double or a string), in place if the span has it, else added."""
     kv = seen.get(key)
     if kv is None:
         kv = seen[key] = span.attributes.add()
         kv.key = key
-    kv.value.double_value = value
-
-
-def _put_string(span: Span, seen: dict[str, KeyValue], key: str, value: str) -> None:
-    kv = seen.get(key)
-    if kv is None:
-        kv = seen[key] = span.attributes.add()
-        kv.key = key
-    kv.value.string_value = value
+    if isinstance(value, str):
+        kv.value.string_value = value
+    else:
+        kv.value.double_value = value
