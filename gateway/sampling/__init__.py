@@ -1,0 +1,1 @@
+"""Sampling: consistent head sampling by trace id (and, later, tail sampling by whole traces)."""
