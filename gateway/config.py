@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, create_model, model_validator
 
 from gateway import registry
 from gateway.configtypes import ByteSize, Duration, Endpoint, StrictModel
+from gateway.sampling.head import HeadConfig
 
 _ENV = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = r"^[A-Za-z0-9_.-]+$"
@@ -63,6 +64,10 @@ class RouteConfig(StrictModel):
     sinks: list[str] = Field(min_length=1)
 
 
+class SamplingConfig(StrictModel):
+    head: HeadConfig | None = Field(None, description="Consistent head sampling by trace id; omitted: keep everything.")
+
+
 class ServiceConfig(StrictModel):
     shutdown_grace: Duration = Field(30.0, description="How long SIGTERM waits for queues to drain.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -83,6 +88,7 @@ class Config(StrictModel):
     routes: list[RouteConfig] | None = Field(
         None, description="Ordered; a route without `match` takes everything. Omitted: one route to every sink.")
     pipeline: PipelineConfig = PipelineConfig()  # type: ignore[valid-type]
+    sampling: SamplingConfig = SamplingConfig()
     service: ServiceConfig = ServiceConfig()
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from gateway.logs import get_logger
 from gateway.processors import Processor, ProcessorContext
 from gateway.registry import PROCESSORS, SINKS
 from gateway.routing import Router
+from gateway.sampling.head import HeadSampler
 from gateway.sinks.driver import SinkDriver
 from gateway.telemetry import Metrics
 
@@ -63,6 +64,8 @@ class Pipeline:
         # Sinks read spans, not the processors' notes; and live references to protobuf
         # sub-messages make every later protobuf access slower while the batch waits in queues.
         batch.llm_calls = None
+        if not batch.spans:
+            return  # everything was sampled out (counted there)
         targets = self.router.route(batch)
         if not targets:
             self._no_route.inc(batch.spans)
@@ -93,11 +96,14 @@ class Pipeline:
 
 
 def build_processors(config: Config, metrics: Metrics) -> list[Processor]:
-    """The enabled processors of `pipeline:`, in registry order."""
+    """The enabled processors of `pipeline:`, in registry order, then head sampling (last, so the
+    LLM metrics count every call, sampled or not)."""
     context = ProcessorContext(metrics)
-    chain = []
+    chain: list[Processor] = []
     for name, module in PROCESSORS.items():
         settings = getattr(config.pipeline, name)
         if settings.enabled:
             chain.append(module.create(settings, context))
+    if config.sampling.head is not None:
+        chain.append(HeadSampler(config.sampling.head, metrics))
     return chain

@@ -65,6 +65,9 @@ class Metrics:
             "otelgate_sink_dropped_spans", "Spans a sink will never deliver, by reason", ["sink", "reason"], registry=r)
         self.router_dropped_spans = Counter(
             "otelgate_router_dropped_spans", "Spans that no route took", ["reason"], registry=r)
+        self.sampled_spans = Counter(
+            "otelgate_sampled_spans", "Sampling decisions by policy (dropped is intentional, never an error)",
+            ["policy", "decision"], registry=r)
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
         self.llm_requests = Counter(
             "otelgate_llm_requests", "LLM provider calls", ["service", "provider", "model", "operation", "status"], registry=r)

@@ -1,0 +1,75 @@
+"""Head sampling: keep a consistent share of traces, decided from the trace id alone.
+
+Runs after the LLM processors (so LLM metrics count every call, sampled or not). Each span is
+decided on its own but consistently: spans of one trace share the trace id (and its `rv`), so a
+trace is kept or dropped whole, by every otelgate replica and every Collector in proportional
+mode alike. `sampling.priority` on a span overrides: 0 drops it, more than 0 keeps it. Kept spans
+carry `ot=th:<threshold>` in their tracestate so that backends can count each as 1 / p spans.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from gateway.batch import Batch
+from gateway.configtypes import StrictModel
+from gateway.sampling.consistent import keep, threshold, with_threshold
+from gateway.telemetry import Metrics
+
+PRIORITY = "sampling.priority"
+
+
+class HeadConfig(StrictModel):
+    percentage: float = Field(100.0, gt=0, le=100, description="Share of traces kept, in percent.")
+    precision: int = Field(4, ge=1, le=14, description="Hex digits of the threshold (the Collector's sampling_precision).")
+
+
+class HeadSampler:
+    def __init__(self, config: HeadConfig, metrics: Metrics) -> None:
+        self.reject_below = threshold(config.percentage / 100.0, config.precision)
+        self._kept = metrics.sampled_spans.labels("head", "kept")
+        self._dropped = metrics.sampled_spans.labels("head", "dropped")
+
+    def __call__(self, batch: Batch) -> Batch:
+        reject_below = self.reject_below
+        kept_total = dropped_total = 0
+        for rs in batch.request.resource_spans:
+            for ss in rs.scope_spans:
+                spans = ss.spans
+                drop: list[int] = []
+                for i, span in enumerate(spans):
+                    priority = _priority(span)
+                    if priority is not None:
+                        decision = priority > 0
+                    else:
+                        decision = keep(span.trace_id, span.trace_state, reject_below)
+                    if decision:
+                        if priority is None and reject_below:
+                            span.trace_state = with_threshold(span.trace_state, reject_below)
+                    else:
+                        drop.append(i)
+                for i in reversed(drop):
+                    del spans[i]
+                dropped_total += len(drop)
+                kept_total += len(spans)
+        if dropped_total or reject_below:
+            batch.raw = None
+        batch.spans = kept_total
+        self._kept.inc(kept_total)
+        self._dropped.inc(dropped_total)
+        return batch
+
+
+def _priority(span: object) -> int | None:
+    for kv in span.attributes:  # type: ignore[attr-defined]
+        if kv.key == PRIORITY:
+            value = kv.value
+            kind = value.WhichOneof("value")
+            if kind == "int_value":
+                return value.int_value
+            if kind == "double_value":
+                return int(value.double_value)
+            if kind == "string_value" and value.string_value.strip().lstrip("-").isdigit():
+                return int(value.string_value)
+            return None
+    return None
