@@ -29,6 +29,7 @@ from gateway.configtypes import StrictModel
 from gateway.llm.call import COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, PRICE_MODEL, LlmCall
 from gateway.llm.pricing import Override, PriceTable, Quote, RefreshConfig
 from gateway.logs import get_logger
+from gateway.otlp.anyvalue import number
 from gateway.processors import Processor, ProcessorContext
 
 _log = get_logger("processor.price")
@@ -172,20 +173,7 @@ def _watched_attributes(span: Span) -> dict[str, KeyValue]:
 
 
 def _number(kv: KeyValue | None) -> float | None:
-    if kv is None:
-        return None
-    value = kv.value
-    which = value.WhichOneof("value")
-    if which == "double_value":
-        return value.double_value
-    if which == "int_value":
-        return float(value.int_value)
-    if which == "string_value":
-        try:
-            return float(value.string_value)
-        except ValueError:
-            return None
-    return None
+    return None if kv is None else number(kv.value)
 
 
 def _read_back(call: LlmCall, seen: dict[str, KeyValue]) -> None:

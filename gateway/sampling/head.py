@@ -9,10 +9,12 @@ carry `ot=th:<threshold>` in their tracestate so that backends can count each as
 
 from __future__ import annotations
 
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field
 
 from gateway.batch import Batch
 from gateway.configtypes import StrictModel
+from gateway.otlp.anyvalue import number
 from gateway.sampling.consistent import keep, threshold, with_threshold
 from gateway.telemetry import Metrics
 
@@ -60,16 +62,9 @@ class HeadSampler:
         return batch
 
 
-def _priority(span: object) -> int | None:
-    for kv in span.attributes:  # type: ignore[attr-defined]
+def _priority(span: Span) -> int | None:
+    for kv in span.attributes:
         if kv.key == PRIORITY:
-            value = kv.value
-            kind = value.WhichOneof("value")
-            if kind == "int_value":
-                return value.int_value
-            if kind == "double_value":
-                return int(value.double_value)
-            if kind == "string_value" and value.string_value.strip().lstrip("-").isdigit():
-                return int(value.string_value)
-            return None
+            value = number(kv.value)
+            return None if value is None else int(value)
     return None
