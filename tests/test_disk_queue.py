@@ -134,14 +134,19 @@ def test_shutdown_keeps_the_disk_queue_for_the_next_start(tmp_path: Path) -> Non
         receiver.stop()
 
 
-def test_disk_budget_refuses_with_backpressure(tmp_path: Path) -> None:
-    dead = _dead_endpoint()
-    config = _forwarder(tmp_path, dead, {"max_bytes": "64KiB", "when_full": "refuse"})
+def _fill_budget(workdir: Path, when_full: str) -> tuple[GatewayProcess, list[int]]:
+    """A forwarder to a dead receiver with a 64 KiB disk queue, sent 40 requests; their status codes."""
+    config = _forwarder(workdir, _dead_endpoint(), {"max_bytes": "64KiB", "when_full": when_full})
     config["service"]["shutdown_grace"] = "500ms"
-    a = GatewayProcess(config, tmp_path).wait_ready()
+    a = GatewayProcess(config, workdir).wait_ready()
+    codes = [requests.post(f"{a.http}/v1/traces", data=_request(f"r{k}"), headers=PROTO, timeout=5).status_code
+             for k in range(40)]
+    return a, codes
+
+
+def test_disk_budget_refuses_with_backpressure(tmp_path: Path) -> None:
+    a, codes = _fill_budget(tmp_path, "refuse")
     try:
-        codes = [requests.post(f"{a.http}/v1/traces", data=_request(f"r{k}"), headers=PROTO, timeout=5).status_code
-                 for k in range(40)]
         assert 200 in codes and 503 in codes
         accepted = codes.count(200) * 20
         assert accepted * 250 < 2 * 64 * 1024  # bounded by the budget, give or take one record
@@ -176,13 +181,8 @@ def test_torn_tail_is_skipped_and_the_rest_delivered(tmp_path: Path) -> None:
 
 
 def test_disk_budget_drop_oldest_keeps_the_newest(tmp_path: Path) -> None:
-    dead = _dead_endpoint()
-    config = _forwarder(tmp_path, dead, {"max_bytes": "64KiB", "when_full": "drop_oldest"})
-    config["service"]["shutdown_grace"] = "500ms"
-    a = GatewayProcess(config, tmp_path).wait_ready()
+    a, codes = _fill_budget(tmp_path, "drop_oldest")
     try:
-        codes = [requests.post(f"{a.http}/v1/traces", data=_request(f"r{k}"), headers=PROTO, timeout=5).status_code
-                 for k in range(40)]
         assert set(codes) == {200}
         # One scrape, so both figures are of the same moment (the worker keeps dropping what did not fit).
         sink_lines = [line for line in requests.get(f"{a.admin}/metrics", timeout=5).text.splitlines()

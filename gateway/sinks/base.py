@@ -64,6 +64,13 @@ class Rejected:
     message: str
 
 
+def is_retry_of(previous: Sequence[Batch] | None, batches: Sequence[Batch]) -> bool:
+    """Whether `send(batches)` is the driver retrying the same send (the very same batch objects),
+    so a sink that delivered part of it before failing resends only the rest."""
+    return previous is not None and len(previous) == len(batches) and all(
+        a is b for a, b in zip(previous, batches))
+
+
 class Sink(Protocol):
     """Encodes and writes batches. Raises `PermanentError` or `RetryableError` on failure, or
     returns `Rejected` when the receiving end accepted the export but refused part of it."""

@@ -53,7 +53,7 @@ from gateway.batch import Batch
 from gateway.configtypes import ByteSize, Duration, StrictModel
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
-from gateway.sinks.base import Rejected, SinkConfig
+from gateway.sinks.base import Rejected, SinkConfig, is_retry_of
 
 _log = get_logger("sink.otlp")
 
@@ -345,8 +345,7 @@ class OtlpSink:
             await channel.close()
 
     async def send(self, batches: Sequence[Batch]) -> Rejected | None:
-        if self._pending is None or len(self._pending) != len(batches) or any(
-                a is not b for a, b in zip(self._pending, batches)):
+        if not is_retry_of(self._pending, batches):
             self._pending, self._done, self._refused, self._delivered = list(batches), set(), [], False
         groups = split(batches, self.config.max_batch_bytes, self.config.max_batch_spans)
         permanent: PermanentError | None = None

@@ -26,7 +26,7 @@ from gateway.batch import Batch
 from gateway.configtypes import ByteSize, Duration
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
-from gateway.sinks.base import Rejected, SinkConfig
+from gateway.sinks.base import Rejected, SinkConfig, is_retry_of
 from gateway.sinks.langfuse.encode import prepare, split
 from gateway.sinks.otlp import classify_http
 
@@ -83,8 +83,7 @@ class LangfuseSink:
             await session.close()
 
     async def send(self, batches: Sequence[Batch]) -> Rejected | None:
-        if self._pending is None or len(self._pending) != len(batches) or any(
-                a is not b for a, b in zip(self._pending, batches)):
+        if not is_retry_of(self._pending, batches):
             self._pending, self._done = list(batches), set()
         # Copying and rewriting thousands of spans takes milliseconds: off the event loop.
         pieces = await asyncio.to_thread(self._encode, [b.request for b in batches])
