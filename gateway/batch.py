@@ -30,6 +30,7 @@ class RequestContext:
 
     protocol: str
     headers: dict[str, str] = field(default_factory=dict)
+    tenant: str | None = None  # who sent it; routes match on it (`tenant:`)
 
 
 @dataclass(slots=True)

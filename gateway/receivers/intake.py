@@ -16,6 +16,10 @@ from gateway.otlp.validate import remove_invalid_spans
 from gateway.pipeline import Pipeline
 from gateway.telemetry import Metrics
 
+# Until receivers authenticate (API keys name the tenant), a sender may name its tenant in this
+# header (gRPC metadata or HTTP); routes match it with `tenant:`.
+TENANT_HEADER = "x-otelgate-tenant"
+
 
 @dataclass(slots=True)
 class Accepted:

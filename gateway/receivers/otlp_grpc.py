@@ -24,7 +24,7 @@ from gateway.batch import RequestContext
 from gateway.config import GrpcReceiverConfig
 from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
-from gateway.receivers.intake import Intake
+from gateway.receivers.intake import TENANT_HEADER, Intake
 
 PROTOCOL = "grpc"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -77,7 +77,7 @@ class OtlpGrpcReceiver:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "invalid protobuf: the message is not an ExportTraceServiceRequest")
             try:
-                accepted = await self._intake.accept(export, RequestContext(PROTOCOL, {}), body)
+                accepted = await self._intake.accept(export, RequestContext(PROTOCOL, tenant=_tenant(context)), body)
             except Refused as exc:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, str(exc), trailing_metadata=(
@@ -89,3 +89,10 @@ class OtlpGrpcReceiver:
             return response.SerializeToString()
         finally:
             self._intake.observe_latency(PROTOCOL, time.perf_counter() - started)
+
+
+def _tenant(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_HEADER:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None

@@ -26,7 +26,7 @@ from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
 from gateway.otlp import compression
 from gateway.otlp.json_codec import OtlpJsonError, decode_traces, encode_message
-from gateway.receivers.intake import Intake
+from gateway.receivers.intake import TENANT_HEADER, Intake
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -122,7 +122,7 @@ class OtlpHttpReceiver:
         except DecodeError:
             self._intake.malformed(PROTOCOL, "malformed")
             return _error(400, "invalid protobuf: the body is not an ExportTraceServiceRequest", False)
-        context = RequestContext(PROTOCOL, {})
+        context = RequestContext(PROTOCOL, tenant=request.headers.get(TENANT_HEADER))
         try:
             accepted = await self._intake.accept(export, context, None if as_json else body)
         except Refused as exc:
