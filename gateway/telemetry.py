@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -68,6 +68,18 @@ class Metrics:
         self.sampled_spans = Counter(
             "otelgate_sampled_spans", "Sampling decisions by policy (dropped is intentional, never an error)",
             ["policy", "decision"], registry=r)
+        # Tail sampling and the trace buffer (gateway/sampling/tail.py).
+        self.tail_policy_traces = Counter(
+            "otelgate_tail_policy_traces", "Tail sampling: traces each policy voted to keep or drop", ["policy", "decision"], registry=r)
+        self.tail_decided_early = Counter(
+            "otelgate_tail_decided_early", "Traces decided before their wait was over, by reason", ["reason"], registry=r)
+        self.tail_late_spans = Counter(
+            "otelgate_tail_late_spans", "Spans that arrived after their trace was decided, and followed the decision",
+            ["decision"], registry=r)
+        self.tail_traces = Gauge("otelgate_tail_traces", "Traces held in the trace buffer", registry=r)
+        self.tail_bytes = Gauge("otelgate_tail_buffer_bytes", "Bytes held in the trace buffer (serialized spans)", registry=r)
+        self.config_reloads = Counter(
+            "otelgate_config_reloads", "Config reloads by outcome", ["outcome"], registry=r)
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
         self.llm_requests = Counter(
             "otelgate_llm_requests", "LLM provider calls", ["service", "provider", "model", "operation", "status"], registry=r)
