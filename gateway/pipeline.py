@@ -58,7 +58,7 @@ class Pipeline:
         self.metrics = metrics
         self._injected = tuple(processors) if processors is not None else None
         self.drivers = {name: self._driver(name, cfg) for name, cfg in config.sinks.items()}
-        self.flow = self._build(config, None)
+        self.flow = self._build(config, self.drivers, None)
         self._closing = False
         self._paused: asyncio.Event | None = None
         self._held: list[Batch] = []
@@ -71,7 +71,7 @@ class Pipeline:
     def _queue_rows(self) -> Iterable[tuple[str, int, int]]:
         return ((name, d.depth, d.capacity) for name, d in self.drivers.items())
 
-    def _build(self, config: Config, previous: Flow | None) -> Flow:
+    def _build(self, config: Config, drivers: dict[str, SinkDriver], previous: Flow | None) -> Flow:
         named = previous.named if previous is not None else {}
         if self._injected is not None:
             chain, named = list(self._injected), {}
@@ -80,7 +80,7 @@ class Pipeline:
             chain = [p for _, p in named.values()]
         if config.sampling.head is not None:
             chain.append(HeadSampler(config.sampling.head, self.metrics))
-        router = Router(config.route_list(), self.drivers, self.metrics)
+        router = Router(config.route_list(), drivers, self.metrics)
         buffer_config = config.sampling.tail or (TailConfig() if router.by_trace else None)
         buffer = None
         if buffer_config is not None:
@@ -174,6 +174,11 @@ class Pipeline:
                 drivers[name] = self._driver(name, cfg)
                 fresh.append(drivers[name])
         retired = [d for name, d in self.drivers.items() if drivers.get(name) is not d]
+        for d in fresh:
+            _log.info("sink changed; restarting it" if d.name in self.drivers else "sink added", sink=d.name)
+        for d in retired:
+            if d.name not in drivers:
+                _log.info("sink removed; draining its queue", sink=d.name, spans=d.depth)
         # A changed sink with a disk queue hands its log to its successor: stop taking data for
         # the moment it takes to close the old one (what it could not send stays in the log and
         # the new one sends it).
@@ -194,7 +199,7 @@ class Pipeline:
                     revived = self.drivers[d.name] = self._driver(d.name, d.config)
                     await revived.start()
                 raise
-            flow = self._build(config, old)
+            flow = self._build(config, drivers, old)
             self.drivers, self.flow = drivers, flow  # the switch: one assignment for the data path
         finally:
             if self._paused is not None:

@@ -20,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from gateway.batch import count_spans
+from gateway.telemetry import Metrics
 from tests.conftest import FIXTURES, read_records
 from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, spans_in, wait_for
 
@@ -36,7 +37,16 @@ def _request(n: int, tag: str) -> bytes:
 
 
 def metric(admin: str, name: str, **labels: str) -> float:
-    text = requests.get(f"{admin}/metrics", timeout=5).text
+    """The sum of the samples of `name` with these labels, scraped from a gateway's /metrics."""
+    return metric_in(requests.get(f"{admin}/metrics", timeout=5).text, name, **labels)
+
+
+def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
+    """The same, read from a `Metrics` registry in this process."""
+    return metric_in(metrics.render().decode(), name, **labels)
+
+
+def metric_in(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):

@@ -73,6 +73,10 @@ class Router:
         self._no_route = metrics.router_dropped_spans.labels("no_route")
         self._sampled_spans = metrics.sampled_spans
         self._targets_cache: dict[tuple[int, ...], tuple[SinkDriver, ...]] = {}
+        for route in compiled:
+            for sink in route.sinks:
+                if sink not in drivers:
+                    raise KeyError(f"route {route.name!r}: no sink {sink!r}")
 
     @property
     def by_trace(self) -> bool:
