@@ -1,10 +1,12 @@
 """Which module implements each part. Adding a sink or a processor is one module plus one line here.
 
-Sinks: `type:` -> a module exposing `Config` (a pydantic model with `type: Literal[<name>]`) and
-`create(name, config)`, in the manner of the Collector's component factories.
+Sinks: `type:` -> a module exposing `Config` (a pydantic model with `type: Literal[<name>]`),
+`SIGNALS` (the signals it carries: traces, logs, metrics) and `create(name, config, signal)`,
+in the manner of the Collector's component factories.
 
 Processors: `pipeline.<name>` -> a module exposing `Config` (with `enabled`) and
-`create(config, context)`. They run in the order listed here.
+`create(config, context)`, and optionally `SIGNALS` (default: traces only). They run in the
+order listed here.
 """
 
 from __future__ import annotations

@@ -168,9 +168,9 @@ def test_route_head_sampling_keeps_a_consistent_share_with_its_threshold() -> No
 
 
 @pytest.mark.parametrize(("routes", "error"), [
-    ("  - {name: a, sinks: [a]}\n  - {name: b, sinks: [b]}\n", "routes[1]: unreachable"),
+    ("  - {name: a, sinks: [a]}\n  - {name: b, sinks: [b]}\n", "routes[1]: unreachable for traces"),
     ("  - {name: a, sinks: [a], default: true}\n  - {name: b, sinks: [b], default: true}\n",
-     "routes[1].default: only one route"),
+     "routes[1].default: only one default route per signal"),
     ("  - {name: a, sinks: [a], default: true, match: {tenant: x}}\n", "routes[0].match: a default route"),
     ("  - {name: a, sinks: [a], match: {span.x: {between: 1}}}\n", "routes[0].match.span.x.between: unknown operator"),
     ("  - {name: a, sinks: [a], match: {span.x: {gt: ten}}}\n", "routes[0].match.span.x.gt: expected a number"),
@@ -204,7 +204,9 @@ def test_match_errors_are_collected_not_first_only() -> None:
 
 def test_check_warns_when_data_can_match_no_route() -> None:
     config = parse("sinks: {a: {type: file}}\nroutes:\n  - {name: r, match: {tenant: x}, sinks: [a]}\n", environ={})
-    assert any("matches no route is dropped" in w for w in config.warnings())
+    warnings = config.warnings()
+    assert any(w.startswith("routes: traces that match no route are dropped") for w in warnings)
+    assert any(w.startswith("routes: no route carries logs") for w in warnings)
     config = parse("sinks: {a: {type: file}}\nroutes:\n  - {name: r, match: {tenant: x}, sinks: [a]}\n"
-                   "  - {name: d, default: true, sinks: [a]}\n", environ={})
+                   "  - {name: d, default: true, sinks: [a], signals: [traces, logs, metrics]}\n", environ={})
     assert not config.warnings()

@@ -26,6 +26,7 @@ from gateway.batch import Batch
 from gateway.configtypes import ByteSize, Duration
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
+from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import Rejected, SinkConfig, is_retry_of
 from gateway.sinks.langfuse.encode import prepare, split
 from gateway.sinks.otlp import classify_http
@@ -113,5 +114,10 @@ class LangfuseSink:
         raise error
 
 
-def create(name: str, config: Config) -> LangfuseSink:
+SIGNALS = ("traces",)  # Langfuse ingests traces only over OTLP
+
+
+def create(name: str, config: Config, signal: Signal = TRACES) -> LangfuseSink:
+    if signal is not TRACES:  # config validation routes only traces here
+        raise ValueError(f"sink {name}: Langfuse takes traces only, not {signal.name}")
     return LangfuseSink(name, config)
