@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.processors import llm_metrics, normalize, price
+from gateway.processors import llm_metrics, normalize, price, redact
 from gateway.sinks import file, otlp
 from gateway.sinks.langfuse import sink as langfuse
 
@@ -26,4 +26,5 @@ PROCESSORS: dict[str, ModuleType] = {
     "normalize": normalize,
     "price": price,
     "llm_metrics": llm_metrics,
+    "redact": redact,  # last: the others read model names and counts, never the content it changes
 }
