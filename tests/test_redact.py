@@ -170,6 +170,8 @@ def test_detectors_subset_and_custom_regexes() -> None:
                                                         {"name": "ref", "regex": "^alice"}])
     assert redactor.redact_text(text) == "[REDACTED:ref]@example.com paid with 4111 1111 1111 1111, ticket [REDACTED:employee], ref ABC"
     assert _counts(metrics) == {"employee": 1, "ref": 1}
+    span = _span({"a": "x", "note": "alice wrote"})  # `^`: no gate, every value on its own
+    assert redactor.redact_span(span) and _attrs(span)["note"].string_value == "[REDACTED:ref] wrote"
     # A user regex that matches markers cannot make redaction stack markers.
     redactor, _ = _redactor(custom=[{"name": "word", "regex": "REDACTED|email"}])
     once = redactor.redact_text("alice@example.com")
@@ -340,7 +342,7 @@ def test_names_status_links_resources_and_scopes() -> None:
     span = ss.spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="GET /users/alice@example.com")
     span.status.message = "denied for sk-proj-abcdefghijklmnopqrstuvwx"
     span.links.add(trace_id=b"\x03" * 16, span_id=b"\x04" * 8).attributes.add(key="peer", value=_string("8.8.8.8"))
-    batch = Batch(request, 1, RequestContext("test"), raw=b"stale")
+    batch = Batch(request, 1, RequestContext("test"), raw=request.SerializeToString())
     redactor(batch)
     assert batch.raw is None
     assert [kv.value.string_value for kv in rs.resource.attributes] == ["svc 10.0.0.1", "[REDACTED:ipv4]"]
@@ -435,19 +437,26 @@ _keys = st.one_of(st.sampled_from([*CONTENT, *OTHER, "gen_ai.output.messages", "
 _SETTINGS = [dict(), dict(content="drop"), dict(content="hash", hash_secret=SECRET),
              dict(content="truncate", truncate_bytes=7), dict(custom=[{"name": "word", "regex": "[a-z]{3}"}])]
 _REDACTORS = [_redactor(**s)[0] for s in _SETTINGS]
+_UNGATED = [_redactor(**s)[0] for s in _SETTINGS]
+for _r in _UNGATED:
+    _r._pattern_gate = _r._content_gate = None  # every value on its own: what the gates skip must change nothing
 
 
 @settings(max_examples=int(os.environ.get("REDACT_EXAMPLES", "300")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_keys, _values, max_size=8), st.dictionaries(_keys, _values, max_size=3), _texts,
        st.sampled_from(range(len(_SETTINGS))))
-def test_random_attributes_never_raise_and_redacting_twice_changes_nothing(
+def test_random_attributes_never_raise_the_gate_misses_nothing_and_twice_is_once(
         attributes: dict[str, AnyValue], event: dict[str, AnyValue], name: str, which: int) -> None:
     redactor = _REDACTORS[which]
     span = _span(attributes, {"gen_ai.content.prompt": event})
     span.name = name
+    ungated = Span()
+    ungated.CopyFrom(span)
     redactor.redact_span(span)
     once = span.SerializeToString(deterministic=True)
+    _UNGATED[which].redact_span(ungated)
+    assert ungated.SerializeToString(deterministic=True) == once
     assert not redactor.redact_span(span)
     assert span.SerializeToString(deterministic=True) == once
     for kv in span.attributes:  # with patterns only, a value that was JSON is still JSON

@@ -29,9 +29,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
+import re2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -42,8 +44,8 @@ from pydantic import Field, field_validator, model_validator
 from gateway.batch import Batch
 from gateway.configtypes import StrictModel
 from gateway.processors import Processor, ProcessorContext
-from gateway.redaction.detectors import DETECTORS, RESERVED_KINDS, Scanner, check_regex
-from gateway.redaction.keys import ALLOW, CONTENT, DEFAULT_ALLOW_KEYS, KeyRoles
+from gateway.redaction.detectors import DETECTORS, RESERVED_KINDS, Scanner, check_regex, compile_re2, gate_patterns
+from gateway.redaction.keys import ALLOW, CONTENT, CONTENT_KEYS, CONTENT_PREFIXES, DEFAULT_ALLOW_KEYS, KeyRoles
 from gateway.telemetry import Metrics
 
 Detector = Literal[DETECTORS]  # type: ignore[valid-type]
@@ -97,11 +99,16 @@ _JSON_START = frozenset('{["')
 _JSON_END = {"{": "}", "[": "]", '"': '"'}
 _MAX_JSON_NESTING = 4  # JSON inside a JSON string inside a JSON string...: deeper is scanned as text
 _GENAI_EVENT = "gen_ai."
+_UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
 
 
 class Redactor:
     """Redacts OTLP data in place. Built once from a `Config`; usable on any batch or request
-    (the pipeline's chain, a route's own settings on a copy, log records)."""
+    (the pipeline's chain, a route's own settings on a copy, log records).
+
+    Before looking at a span value by value, two gates scan its serialized bytes once (C, no
+    Python per attribute): one for boundary-free supersets of the detectors, one for the
+    content keys. A span that neither finds is left as it is: the common case."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._mode = config.content
@@ -110,10 +117,12 @@ class Redactor:
         self._roles = KeyRoles([*DEFAULT_ALLOW_KEYS, *config.allow_keys], content_is_special=config.content != "keep")
         self._counters: dict[str, Any] = {}
         self._family = metrics.redactions
-        scanning = bool(config.detectors or config.custom)
-        self._scanner = Scanner(config.detectors, [(c.name, c.regex) for c in config.custom], self._count) \
-            if scanning else None
-        self._scan_only = scanning and config.content == "keep"  # spans can be checked whole first
+        custom = [(c.name, c.regex) for c in config.custom]
+        self._scanner = Scanner(config.detectors, custom, self._count) if config.detectors or custom else None
+        patterns = gate_patterns(config.detectors, custom)
+        self._pattern_gate = _gate(patterns) if patterns else None
+        self._content_gate = _gate([re2.escape(k) for k in (*CONTENT_KEYS, *CONTENT_PREFIXES)]) \
+            if config.content != "keep" else None
 
     def _count(self, kind: str, n: int = 1) -> None:
         counter = self._counters.get(kind)
@@ -121,96 +130,66 @@ class Redactor:
             counter = self._counters[kind] = self._family.labels(kind)
         counter.inc(n)
 
+    def _needs(self, message: Any, data: bytes | None = None) -> tuple[Scanner | None, bool]:
+        """What `message` (a span, a resource, a request) may need: the scanner if a value may
+        hold a match (else None), and whether it may hold content to drop, hash or cut. A
+        missing gate (a user regex with `^`, `$` or `\\b`) answers "may"."""
+        scanner, content = self._scanner, self._mode != "keep"
+        pattern_gate = self._pattern_gate if scanner is not None else None
+        content_gate = self._content_gate if content else None
+        if pattern_gate is not None or content_gate is not None:
+            if data is None:
+                data = message.SerializeToString()
+            if pattern_gate is not None and not pattern_gate(data):
+                scanner = None
+            if content_gate is not None and not content_gate(data):
+                content = False
+        return scanner, content
+
     # -- batches and requests -------------------------------------------------------------
 
     def __call__(self, batch: Batch) -> Batch:
-        if self.redact_traces_request(batch.request):
+        if self.redact_traces_request(batch.request, batch.raw):
             batch.raw = None
         return batch
 
-    def redact_traces_request(self, request: ExportTraceServiceRequest) -> bool:
-        """Redact every span of `request` in place; True if anything changed."""
+    def redact_traces_request(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> bool:
+        """Redact every span of `request` in place; True if anything changed. `raw`, the
+        request's serialized bytes when known, lets a clean request cost one scan."""
+        if raw is not None and self._needs(request, raw) == (None, False):
+            return False
         changed = False
         for rs in request.resource_spans:
-            changed |= self.redact_attributes(rs.resource.attributes)
+            changed |= self._attributes_of(rs.resource)
             for ss in rs.scope_spans:
-                changed |= self.redact_attributes(ss.scope.attributes)
+                changed |= self._attributes_of(ss.scope)
                 for span in ss.spans:
                     changed |= self.redact_span(span)
         return changed
 
     def redact_span(self, span: Span) -> bool:
-        if self._scan_only and self._clean(span):
+        scanner, content = self._needs(span)
+        if scanner is None and not content:
             return False
-        changed = self._text_field(span, "name")
-        if span.HasField("status"):
-            changed |= self._text_field(span.status, "message")
-        changed |= self.redact_attributes(span.attributes)
+        changed = False
+        if scanner is not None:
+            changed |= self._text_field(span, "name", scanner)
+            if span.HasField("status"):
+                changed |= self._text_field(span.status, "message", scanner)
+        changed |= self._attributes(span.attributes, scanner, content)
         for event in span.events:
-            changed |= self.redact_attributes(event.attributes)
+            changed |= self._attributes(event.attributes, scanner, content)
         for link in span.links:
-            changed |= self.redact_attributes(link.attributes)
+            changed |= self._attributes(link.attributes, scanner, content)
         return changed
-
-    def _clean(self, span: Span) -> bool:
-        """Whether one scan of all the span's strings, joined, finds nothing, and nothing else
-        needs a look: the common case, one C call per span instead of one per value."""
-        parts = [span.name]
-        if span.HasField("status"):
-            parts.append(span.status.message)
-        if not self._collect(span.attributes, parts):
-            return False
-        for event in span.events:
-            if not self._collect(event.attributes, parts):
-                return False
-        for link in span.links:
-            if not self._collect(link.attributes, parts):
-                return False
-        assert self._scanner is not None
-        return not self._scanner.finds_any(parts)
-
-    def _collect(self, attributes: Any, parts: list[str]) -> bool:
-        """Append the strings of `attributes` to scan to `parts`; False if a value needs more
-        than a scan (content to drop, hash or cut; an array or a list; JSON with escapes)."""
-        known, role_of = self._roles.known, self._roles
-        for kv in attributes:
-            key = kv.key
-            role = known.get(key)
-            if role is None:
-                role = role_of(key)
-            if role == ALLOW:
-                continue
-            if role == CONTENT:
-                return False
-            value = kv.value
-            kind = value.WhichOneof("value")
-            if kind == "string_value":
-                text = value.string_value
-                if text[:1] in _JSON_START and _escapes_may_hide(text):
-                    return False
-                parts.append(text)
-            elif kind == "array_value":  # tags and the like: strings only, else the full path
-                for item in value.array_value.values:
-                    item_kind = item.WhichOneof("value")
-                    if item_kind != "string_value":
-                        if item_kind == "array_value" or item_kind == "kvlist_value":
-                            return False
-                        continue
-                    text = item.string_value
-                    if text[:1] in _JSON_START and _escapes_may_hide(text):
-                        return False
-                    parts.append(text)
-            elif kind == "kvlist_value":
-                return False
-        return True
 
     def redact_logs_request(self, request: ExportLogsServiceRequest) -> bool:
         """Redact every log record of `request` in place; True if anything changed."""
         changed = False
         for rl in request.resource_logs:
-            changed |= self.redact_attributes(rl.resource.attributes)
+            changed |= self._attributes_of(rl.resource)
             for sl in rl.scope_logs:
-                changed |= self.redact_attributes(sl.scope.attributes)
+                changed |= self._attributes_of(sl.scope)
                 for record in sl.log_records:
                     changed |= self.redact_log_record(record)
         return changed
@@ -225,7 +204,7 @@ class Redactor:
                     record.ClearField("body")
                     self._count("content_drop")
                     return True
-                changed |= self._content_value(record.body)
+                changed |= self._content_value(record.body, self._scanner)
             else:
                 changed |= self.redact_anyvalue(record.body)
         return changed
@@ -234,21 +213,44 @@ class Redactor:
 
     def redact_attributes(self, attributes: Any) -> bool:
         """Redact a repeated `KeyValue` field in place (content rules by key, then patterns)."""
+        return self._attributes(attributes, self._scanner, self._mode != "keep")
+
+    def redact_anyvalue(self, value: AnyValue) -> bool:
+        """Replace pattern matches in every string of `value` (nested arrays and key-value lists
+        too; their keys are not looked at). True if anything changed."""
+        return self._scanner is not None and self._value(value, None, self._scanner)
+
+    def redact_text(self, text: str) -> str:
+        """`text` with pattern matches replaced (JSON-aware); the same object when unchanged."""
+        return self._text(text, None, self._scanner)
+
+    def _attributes_of(self, message: Any) -> bool:
+        """The attributes of a resource or a scope, if its gates say they may need it."""
+        if not message.attributes:
+            return False
+        scanner, content = self._needs(message)
+        return (scanner is not None or content) and self._attributes(message.attributes, scanner, content)
+
+    def _attributes(self, attributes: Any, scanner: Scanner | None, content: bool) -> bool:
         if not attributes:
             return False
-        role_of, changed = self._roles, False
+        known, role_of = self._roles.known, self._roles
+        changed = False
         dropped: list[int] = []
         for i, kv in enumerate(attributes):
-            role = role_of(kv.key)
+            key = kv.key
+            role = known.get(key)
+            if role is None:
+                role = role_of(key)
             if role == ALLOW:
                 continue
-            if role == CONTENT:
+            if role == CONTENT and content:
                 if self._mode == "drop":
                     dropped.append(i)
                     continue
-                changed |= self._content_value(kv.value)
-            else:
-                changed |= self.redact_anyvalue(kv.value)
+                changed |= self._content_value(kv.value, scanner)
+            elif scanner is not None:
+                changed |= self._value(kv.value, None, scanner)
         if dropped:
             for i in reversed(dropped):
                 del attributes[i]
@@ -256,18 +258,9 @@ class Redactor:
             changed = True
         return changed
 
-    def redact_anyvalue(self, value: AnyValue) -> bool:
-        """Replace pattern matches in every string of `value` (nested arrays and key-value lists
-        too; their keys are not looked at). True if anything changed."""
-        return self._value(value, None)
-
-    def redact_text(self, text: str) -> str:
-        """`text` with pattern matches replaced (JSON-aware); the same object when unchanged."""
-        return self._text(text, None)
-
     # -- content --------------------------------------------------------------------------
 
-    def _content_value(self, value: AnyValue) -> bool:
+    def _content_value(self, value: AnyValue, scanner: Scanner | None) -> bool:
         """Apply `hash` or `truncate` to one content value (`drop` is the caller's)."""
         if self._mode == "hash":
             if value.WhichOneof("value") == "string_value":
@@ -282,14 +275,14 @@ class Redactor:
             value.string_value = "hmac-sha256:" + digest.hexdigest()
             self._count("content_hash")
             return True
-        return self._value(value, self._cut)
+        return self._value(value, self._cut, scanner)
 
-    def _value(self, value: AnyValue, cut: int | None) -> bool:
+    def _value(self, value: AnyValue, cut: int | None, scanner: Scanner | None) -> bool:
         """Patterns (and with `cut`, the content cut) on every string of `value`, in place."""
         kind = value.WhichOneof("value")
         if kind == "string_value":
             text = value.string_value
-            redacted = self._text(text, cut)
+            redacted = self._text(text, cut, scanner)
             if redacted is text:
                 return False
             value.string_value = redacted
@@ -297,10 +290,10 @@ class Redactor:
         changed = False
         if kind == "array_value":
             for item in value.array_value.values:
-                changed |= self._value(item, cut)
+                changed |= self._value(item, cut, scanner)
         elif kind == "kvlist_value":
             for kv in value.kvlist_value.values:
-                changed |= self._value(kv.value, cut)
+                changed |= self._value(kv.value, cut, scanner)
         elif kind == "bytes_value" and cut is not None and len(value.bytes_value) > cut:
             value.bytes_value = value.bytes_value[:cut]
             self._count("content_truncate")
@@ -309,17 +302,16 @@ class Redactor:
 
     # -- text -----------------------------------------------------------------------------
 
-    def _text(self, text: str, cut: int | None, nesting: int = 0) -> str:
+    def _text(self, text: str, cut: int | None, scanner: Scanner | None, nesting: int = 0) -> str:
         """Patterns, then (content: truncate) the cut, then patterns on what the cut left (it may
         have split a match into something still sensitive). Values that hold JSON are handled
         leaf by leaf, so they stay valid JSON."""
-        if not text:
+        if not text or (scanner is None and cut is None):
             return text
         if text[0] in _JSON_START and nesting < _MAX_JSON_NESTING and text[-1] == _JSON_END[text[0]]:
-            redacted = self._json(text, cut, nesting)
+            redacted = self._json(text, cut, scanner, nesting)
             if redacted is not None:
                 return redacted
-        scanner = self._scanner
         result = scanner.redact(text) if scanner is not None else text
         if cut is not None and len(result) * 4 > cut and not _already_truncated(result):
             data = result.encode()
@@ -331,19 +323,19 @@ class Redactor:
                 self._count("content_truncate")
         return result
 
-    def _json(self, text: str, cut: int | None, nesting: int) -> str | None:
+    def _json(self, text: str, cut: int | None, scanner: Scanner | None, nesting: int) -> str | None:
         """`text` parsed as JSON, its string leaves redacted, re-encoded if anything changed (in
         orjson's compact form; object keys are not scanned; an integer beyond 64 bits comes back
         as a float); None if `text` is not JSON (it is then handled as plain text)."""
         if (cut is None or len(text) * 4 <= cut) and not _escapes_may_hide(text) and (
-                self._scanner is None or not self._scanner.finds(text)):
+                scanner is None or not scanner.finds(text)):
             return text  # the raw text has no candidate, and no leaf can need a cut
         try:
             document = orjson.loads(text)
         except orjson.JSONDecodeError:
             return None
         if isinstance(document, str):  # double-encoded (MLflow): a JSON string holding the value
-            inner = self._text(document, cut, nesting + 1)
+            inner = self._text(document, cut, scanner, nesting + 1)
             return text if inner is document else orjson.dumps(inner).decode()
         if not isinstance(document, (dict, list)):
             return text  # a number, true, false or null: nothing to redact
@@ -353,7 +345,7 @@ class Redactor:
             node = pending.pop()
             for key, item in (node.items() if isinstance(node, dict) else enumerate(node)):
                 if type(item) is str:
-                    redacted = self._text(item, cut, nesting + 1)
+                    redacted = self._text(item, cut, scanner, nesting + 1)
                     if redacted is not item:
                         node[key] = redacted
                         changed = True
@@ -361,13 +353,22 @@ class Redactor:
                     pending.append(item)
         return orjson.dumps(document).decode() if changed else text
 
-    def _text_field(self, message: Any, field: str) -> bool:
+    def _text_field(self, message: Any, field: str, scanner: Scanner) -> bool:
         text = getattr(message, field)
-        redacted = self._text(text, None)
+        redacted = self._text(text, None, scanner)
         if redacted is text:
             return False
         setattr(message, field, redacted)
         return True
+
+
+def _gate(patterns: list[str]) -> Callable[[bytes], bool]:
+    """Whether `data` holds a match of any of `patterns` (RE2, one scan)."""
+    match = compile_re2("|".join(patterns)).Match
+
+    def finds(data: bytes) -> bool:
+        return match(_UNANCHORED, data, 0, len(data))[0][0] >= 0
+    return finds
 
 
 def _escapes_may_hide(text: str) -> bool:

@@ -163,6 +163,36 @@ def _phone(text: str) -> int:
     return len(text) if 8 <= digits <= 15 else 0
 
 
+# Supersets of each detector's hits without any boundary condition: what one of them finds in
+# a text, it finds in any bytes that contain that text, such as a whole serialized span or
+# request (where a string is preceded by its length and followed by the next field's tag, bytes
+# which may be letters or digits). The gate scans serialized spans with them, so the common
+# span, holding nothing, costs one C call and no Python per attribute.
+GATE: dict[str, str] = {
+    "bearer_token": r"(?i:bearer)[ \t]+[A-Za-z0-9._~+/\\-]{16}",  # `\/`: a slash escaped in JSON
+    "jwt": r"eyJ[A-Za-z0-9_-]{8,}\.eyJ",
+    "api_key": r"sk-[A-Za-z0-9_-]{20}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22}",
+    "email": r"[^\x00-\x20]@[^\x00-\x20]",  # whatever the address's letters, escaped or not
+    "iban": r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}",
+    "credit_card": r"[2-6][0-9](?:[ -]?[0-9]){11}",
+    "ipv6": r"::|(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]",  # a valid address has `::` or 8 groups
+    "ipv4": r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}",
+    "phone": (r"\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}[ .-]?[0-9]"
+              r"|\([0-9]{3}\)[ .-]?[0-9]{3}[ .-][0-9]{4}|[0-9]{3}[ .-][0-9]{3}[ .-][0-9]{4}"),
+}
+# What makes a user regex unfit for the gate: an assertion about its neighbours (crudely: `[^`
+# counts too, which only costs speed).
+_ASSERTIONS = ("^", "$", "\\b", "\\B", "\\A", "\\z")
+
+
+def gate_patterns(detectors: Sequence[str], custom: Sequence[tuple[str, str]]) -> list[str] | None:
+    """The gate's alternatives for these detectors, or None when a user regex has an assertion
+    (then every value is scanned on its own)."""
+    if any(token in regex for _, regex in custom for token in _ASSERTIONS):
+        return None
+    return [GATE[name] for name in DETECTORS if name in detectors] + [regex for _, regex in custom]
+
+
 _CHECKS: dict[str, Callable[[str], int]] = {"credit_card": _card, "iban": _iban, "ipv6": _ipv6, "phone": _phone}
 # A number that fails its card or IBAN check is not looked into again (its digit groups would
 # get more chances to pass Luhn by accident); other failed candidates are scanned again from
@@ -177,7 +207,7 @@ class _Alternation:
     """One compiled alternation of some kinds, and which capture group is which kind."""
 
     def __init__(self, kinds: Sequence[str], patterns: dict[str, str]) -> None:
-        compiled = _compile("|".join(patterns[kind] for kind in kinds))
+        compiled = compile_re2("|".join(patterns[kind] for kind in kinds))
         self.match = compiled.Match
         numbers = {name.decode(): number for name, number in compiled.NamedCapturingGroups()}
         self.groups = [(numbers[kind], kind) for kind in kinds]  # kinds have the only named groups
@@ -198,10 +228,6 @@ class Scanner:
         self._patterns.update((name, f"(?P<{name}>{regex})") for name, regex in custom)
         self._by_excluded: dict[frozenset[str], _Alternation] = {}
         self._all = self._without(frozenset())
-        # For `finds_any` (texts joined by newlines): user regexes in multi-line mode, so that
-        # their `^` and `$` still match at the start and end of each text.
-        self._gate = _compile("|".join(
-            self._patterns[k] if k not in dict(custom) else f"(?m:{self._patterns[k]})" for k in self._kinds)).Match
         self._markers = {kind: marker(kind).encode() for kind in self._kinds}
         self._count = count
         # No built-in match is shorter than 6 characters (`a@b.co`); a user regex may be.
@@ -213,11 +239,6 @@ class Scanner:
             kinds = [k for k in self._kinds if k not in excluded]
             alternation = self._by_excluded[excluded] = _Alternation(kinds, self._patterns)
         return alternation
-
-    def finds_any(self, texts: list[str]) -> bool:
-        """Whether any of `texts` may hold a candidate: one scan of them all, joined."""
-        data = "\n".join(texts).encode()
-        return self._gate(_UNANCHORED, data, 0, len(data))[0][0] >= 0
 
     def finds(self, text: str) -> bool:
         """Whether `text` holds a candidate of any kind (before checks; markers included)."""
@@ -286,9 +307,9 @@ class Scanner:
         return b"".join(out)
 
 
-def _compile(pattern: str) -> Any:
-    """The low-level RE2 object: the `re2` module's Python wrapper costs more than the match
-    itself on short values."""
+def compile_re2(pattern: str) -> Any:
+    """The low-level RE2 object (`.Match(anchor, bytes, start, end)`): the `re2` module's Python
+    wrapper costs more than the match itself on short values."""
     compiled = re2._re2.RE2(pattern.encode(), _options())
     if not compiled.ok():
         raise ValueError(compiled.error().decode(errors="replace"))
