@@ -252,9 +252,7 @@ class Scanner:
         if len(text) < self.min_length:
             return text
         data = text.encode()
-        if self._all.match(_UNANCHORED, data, 0, len(data))[0][0] < 0:
-            return text  # the common case: one C call
-        changed = False
+        changed = False  # the common case: one C call in `_pass`, which finds nothing
         for _ in range(_MAX_PASSES):
             result = self._pass(data)
             if result is None:
