@@ -3,7 +3,7 @@
 Every detector is one named group of a single alternation, compiled with RE2 (google-re2): a
 text is scanned once, in time linear in its length, whatever the number of detectors and
 whatever a user regex looks like. Python's `re` was measured at about 1.8 MB/s on prose with
-the same alternation (every alternative is tried at every position), RE2 at about 700 MB/s;
+the same alternation (every alternative is tried at every position), RE2 at about 670 MB/s;
 and `re` lets a user regex backtrack exponentially on hostile data, RE2 cannot.
 
 RE2 has no lookbehind: a detector that must start at a token boundary consumes the character
