@@ -85,11 +85,9 @@ class Pipeline:
             chain, named = list(self._injected), {}
         else:
             named = _named_processors(config, self.metrics, named)
-            chain = [p for _, p in named.values()]
+            chain = _with_head_sampling(config, named, self.metrics)
         chains = {sig: tuple(p for name, (_, p) in named.items() if sig in getattr(PROCESSORS[name], "SIGNALS", ("traces",)))
                   for sig in ("logs", "metrics")}
-        if config.sampling.head is not None:
-            chain.append(HeadSampler(config.sampling.head, self.metrics))
         chains["traces"] = tuple(chain)
         routes = config.route_list()
         routers = {sig.name: Router(routes, {d.name: d for d in drivers.values() if d.signal is sig}, self.metrics, sig)
@@ -269,11 +267,17 @@ def _needed(config: Config) -> list[tuple[str, object, Signal]]:
 
 
 def build_processors(config: Config, metrics: Metrics) -> list[Processor]:
-    """The chain a batch goes through for `config`: the enabled processors, then head sampling."""
-    chain = [p for _, p in _named_processors(config, metrics).values()]
-    if config.sampling.head is not None:
-        chain.append(HeadSampler(config.sampling.head, metrics))
-    return chain
+    """The chain a trace batch goes through for `config` (processors and head sampling)."""
+    return _with_head_sampling(config, _named_processors(config, metrics), metrics)
+
+
+def _with_head_sampling(config: Config, named: dict[str, tuple[object, Processor]], metrics: Metrics) -> list[Processor]:
+    """Head sampling goes after the processors that must see every span (the LLM metrics count
+    every call) and before those marked `AFTER_SAMPLING` (redaction: no work on dropped spans)."""
+    before = [p for name, (_, p) in named.items() if not getattr(PROCESSORS[name], "AFTER_SAMPLING", False)]
+    after = [p for name, (_, p) in named.items() if getattr(PROCESSORS[name], "AFTER_SAMPLING", False)]
+    head = [HeadSampler(config.sampling.head, metrics)] if config.sampling.head is not None else []
+    return [*before, *head, *after]
 
 
 def _named_processors(config: Config, metrics: Metrics,

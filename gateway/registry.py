@@ -5,15 +5,15 @@ Sinks: `type:` -> a module exposing `Config` (a pydantic model with `type: Liter
 in the manner of the Collector's component factories.
 
 Processors: `pipeline.<name>` -> a module exposing `Config` (with `enabled`) and
-`create(config, context)`, and optionally `SIGNALS` (default: traces only). They run in the
-order listed here.
+`create(config, context)`, and optionally `SIGNALS` (default: traces only) and `AFTER_SAMPLING`
+(run after head sampling). They run in the order listed here.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.processors import llm_metrics, normalize, price
+from gateway.processors import llm_metrics, normalize, price, redact
 from gateway.sinks import file, otlp
 from gateway.sinks.langfuse import sink as langfuse
 
@@ -28,4 +28,5 @@ PROCESSORS: dict[str, ModuleType] = {
     "normalize": normalize,
     "price": price,
     "llm_metrics": llm_metrics,
+    "redact": redact,  # last: the others read model names and counts, never the content it changes
 }

@@ -117,6 +117,10 @@ class Metrics:
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
 
+        self.redactions = Counter(
+            "otelgate_redactions", "Values redacted, by detector kind or content action (content_drop, content_hash, "
+            "content_truncate)", ["kind"], registry=r)
+
     def watch_queues(self, source: Callable[[], Iterable[tuple[str, str, int, int]]]) -> None:
         """Expose `(sink, signal, depth, capacity)` rows from `source` as gauges at each scrape."""
         self.registry.register(_QueueGauges(source))
