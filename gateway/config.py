@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from gateway import registry
+from gateway.processors import redact
 from gateway.configtypes import ByteSize, Duration, Endpoint, StrictModel
 from gateway.routing.match import SCOPE, SPAN, MatchError, compile_match
 from gateway.sampling.head import HeadConfig
@@ -69,6 +70,12 @@ class RouteSamplingConfig(StrictModel):
     head: HeadConfig
 
 
+class RouteRedactConfig(redact.Config):
+    """`pipeline.redact` settings for one route's copy; present means on."""
+
+    enabled: bool = True
+
+
 class RouteConfig(StrictModel):
     name: str = Field(pattern=_NAME)
     match: dict[str, Any] | None = Field(None, description="Conditions (see gateway/routing/match.py); omitted: everything.")
@@ -78,6 +85,8 @@ class RouteConfig(StrictModel):
     by: Literal["span", "trace"] = Field("span", description="trace: a match on any span takes the whole trace.")
     sampling: RouteSamplingConfig | None = Field(None, description="Applies to the traces the route takes.")
     signals: list[SignalName] = Field(["traces"], min_length=1, description="What the route carries.")
+    redact: RouteRedactConfig | None = Field(
+        None, description="Redact what this route sends (a copy: other routes see the data as it was).")
 
 
 class SamplingConfig(StrictModel):

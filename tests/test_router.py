@@ -54,11 +54,19 @@ def _request(*spans: dict) -> ExportTraceServiceRequest:
     return req
 
 
+class _Sink(str):
+    """Stands for a sink driver: the router only reads its name."""
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+
 def _router(routes_yaml: str, sinks: str = "a b c d") -> tuple[Router, Metrics]:
     sink_yaml = "".join(f"  {n}: {{type: file, path: /tmp/{n}}}\n" for n in sinks.split())
     config = parse(f"sinks:\n{sink_yaml}routes:\n{routes_yaml}", environ={})
     metrics = Metrics()
-    return Router(config.route_list(), {n: n for n in sinks.split()}, metrics), metrics  # type: ignore[misc]
+    return Router(config.route_list(), {n: _Sink(n) for n in sinks.split()}, metrics), metrics  # type: ignore[misc]
 
 
 def _where(router: Router, req: ExportTraceServiceRequest, tenant: str | None = None) -> dict[str, set[str]]:
@@ -210,3 +218,21 @@ def test_check_warns_when_data_can_match_no_route() -> None:
     config = parse("sinks: {a: {type: file}}\nroutes:\n  - {name: r, match: {tenant: x}, sinks: [a]}\n"
                    "  - {name: d, default: true, sinks: [a], signals: [traces, logs, metrics]}\n", environ={})
     assert not config.warnings()
+
+
+def test_route_redaction_applies_to_that_routes_copy_only() -> None:
+    router, metrics = _router(
+        "  - {name: lf, sinks: [a], continue: true, redact: {content: hash, hash_secret: 0123456789abcdef}}\n"
+        "  - {name: all, sinks: [b, c]}\n")
+    prompt = '[{"role": "user", "parts": [{"type": "text", "content": "mail me at ann@example.com"}]}]'
+    req = _request({"name": "chat", "attrs": {"gen_ai.input.messages": prompt, "note": "call +1 415 555 0100"}})
+    batch = Batch(req, 1, RequestContext("test"))
+    deliveries = router.route(batch)
+    by_sink = {sink: part for part, sinks in deliveries for sink in sinks}
+    assert by_sink["b"] is batch and by_sink["c"] is batch  # untouched, not copied
+    redacted = {kv.key: kv.value.string_value for kv in by_sink["a"].request.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert redacted["gen_ai.input.messages"].startswith("hmac-sha256:")
+    assert "415" not in redacted["note"] and "[REDACTED:phone]" in redacted["note"]
+    original = {kv.key: kv.value.string_value for kv in req.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert original["gen_ai.input.messages"] == prompt  # the other sinks' data is as received
+    assert metric_value(metrics, "otelgate_redactions_total", kind="content_hash") == 1

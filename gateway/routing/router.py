@@ -17,6 +17,9 @@ Each signal has its own router, built from the routes that carry it (`signals:`)
 metrics are routed by resource, scope and tenant (spans conditions are for traces: config
 validation sees to it), whole scopes at a time.
 
+A route's own `redact` settings apply to a copy sent to that route's sinks, so one sink can get
+prompts hashed while another gets them as they were.
+
 A route's own `sampling.head` keeps a consistent share of what the route takes (as the global
 head sampler, by trace id, writing `ot=th:` on the copies it sends).
 """
@@ -31,7 +34,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.batch import Batch
-from gateway.otlp.signals import LOGS, TRACES, Signal
+from gateway.otlp.signals import LOGS, METRICS, TRACES, Signal
+from gateway.processors.redact import Redactor
 from gateway.config import RouteConfig
 from gateway.routing.match import REQUEST, SPAN, Match, Subject, attribute_values, compile_match
 from gateway.sampling.consistent import threshold, with_threshold
@@ -84,6 +88,8 @@ class Router:
         self._no_route = metrics.signals[signal.name].router_dropped.labels("no_route")
         self._sampled_spans = metrics.sampled_spans
         self._targets_cache: dict[tuple[int, ...], tuple[SinkDriver, ...]] = {}
+        self._redactors = {i: Redactor(r.redact, metrics) for i, r in enumerate(routes)
+                           if r.redact is not None and r.redact.enabled and signal is not METRICS}
         for route in compiled:
             for sink in route.sinks:
                 if sink not in drivers:
@@ -101,7 +107,7 @@ class Router:
             if not taken:
                 self._no_route.inc(batch.spans)
                 return []
-            return [(batch, self._targets(taken))]
+            return self._redacted(batch, taken, self._targets(taken))
         if self.signal is not TRACES:
             return self._route_scopes(batch)
         return self._route_spans(batch)
@@ -123,8 +129,9 @@ class Router:
             self._no_route.inc(items[()])
         if len(groups) == 1 and not lost:
             (taken,) = groups
-            return [(batch, self._targets(taken))]
-        return [(_scope_subset(batch, scopes, items[taken]), self._targets(taken)) for taken, scopes in groups.items()]
+            return self._redacted(batch, taken, self._targets(taken))
+        return [d for taken, scopes in groups.items()
+                for d in self._redacted(_scope_subset(batch, scopes, items[taken]), taken, self._targets(taken))]
 
     # -- per span ---------------------------------------------------------------------------
 
@@ -182,11 +189,34 @@ class Router:
                 if reject_below:
                     for name in {by_route[i].name for i in dest if by_route[i].reject_below}:
                         self._sampled_spans.labels(f"route:{name}", "kept").inc(len(spans))
-                if whole and not reject_below:
-                    deliveries.append((batch, drivers))
-                else:
-                    deliveries.append((_subset(batch, spans, reject_below), drivers))
+                part = batch if whole and not reject_below else _subset(batch, spans, reject_below)
+                deliveries.extend(self._redacted(part, dest, drivers))
         return deliveries
+
+    def _redacted(self, part: Batch, taken: tuple[int, ...], drivers: tuple[SinkDriver, ...]) -> list[Delivery]:
+        """Sinks reached through a route with `redact` get a redacted copy (one per redactor);
+        a sink gets the treatment of the first route that took the data to it."""
+        if not self._redactors or not any(i in self._redactors for i in taken):
+            return [(part, drivers)]
+        by_route = {r.index: r for r in (*self._routes, *((self._default,) if self._default else ()))}
+        first: dict[str, int] = {}
+        for i in taken:
+            for sink in by_route[i].sinks:
+                first.setdefault(sink, i)
+        groups: dict[int | None, list[SinkDriver]] = {}
+        for driver in drivers:
+            i = first.get(driver.name)
+            groups.setdefault(i if i in self._redactors else None, []).append(driver)
+        out: list[Delivery] = []
+        for i, group in groups.items():
+            if i is None:
+                out.append((part, tuple(group)))
+                continue
+            request = part.signal.request()
+            request.CopyFrom(part.request)
+            copy = Batch(request, part.spans, part.context, signal=part.signal)
+            out.append((self._redactors[i](copy), tuple(group)))
+        return out
 
     def _split_by_threshold(self, dest: tuple[int, ...], by_route: dict[int, _Route]) -> dict[int, tuple[SinkDriver, ...]]:
         """Sinks of `dest` grouped by the sampling threshold their copy carries (0: unsampled).
