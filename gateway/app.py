@@ -29,6 +29,7 @@ _log = get_logger("gateway")
 
 class Receiver(Protocol):
     endpoint: str
+    tls_mode: str  # off | tls | mtls
 
     async def start(self) -> None: ...
 
@@ -40,7 +41,8 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.pipeline = Pipeline(config, self.metrics, processors)
-        intake = Intake(self.pipeline, self.metrics)
+        self.intake = intake = Intake(self.pipeline, self.metrics)
+        intake.configure(config)  # API keys and limits; a reload calls it again
         self.receivers: dict[str, Receiver] = {}
         if config.receivers.grpc is not None:
             self.receivers["OTLP/gRPC"] = OtlpGrpcReceiver(config.receivers.grpc, intake)
@@ -58,7 +60,7 @@ class Gateway:
             for name, receiver in self.receivers.items():
                 await receiver.start()
                 self._started.append(name)
-                _log.info(f"{name} listening", endpoint=receiver.endpoint)
+                _log.info(f"{name} listening", endpoint=receiver.endpoint, tls=receiver.tls_mode)
         except BaseException:
             await self.stop()
             raise

@@ -51,7 +51,10 @@ class Metrics:
         self.receiver_refused_spans = Counter(
             "otelgate_receiver_refused_spans", "Spans refused as a whole request (the client may retry)", ["protocol", "reason"], registry=r)
         self.receiver_rejected_spans = Counter(
-            "otelgate_receiver_rejected_spans", "Spans rejected as invalid (not retryable; reported in partial_success)", ["protocol", "reason"], registry=r)
+            "otelgate_receiver_rejected_spans", "Spans rejected as invalid (reported in partial_success) or over a limit (the whole request; not retryable)",
+            ["protocol", "reason"], registry=r)
+        self.receiver_truncated_spans = Counter(
+            "otelgate_receiver_truncated_spans", "Spans accepted after cutting them to a limit", ["protocol", "limit"], registry=r)
         self.receiver_requests = Counter(
             "otelgate_receiver_requests", "Export requests by outcome", ["protocol", "outcome"], registry=r)
         self.receiver_request_duration = Histogram(
