@@ -15,7 +15,7 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from gateway.config import ConfigError, parse
-from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, wait_for
+from tests.gateway_process import GatewayProcess, gateway_config, read_proto_lines, wait_for
 from tests.sdk_export import export
 
 KEY_INLINE = "ogk_inline_7f3a9c2e5b1d4a6f8e0c"
@@ -35,7 +35,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """One gateway with three keys (inline, file, environment) and an admin token."""
     tmp_path = tmp_path_factory.mktemp("auth")
     (tmp_path / "key.txt").write_text(KEY_FILE + "\n")
-    config = gateway_config(tmp_path)
+    config = _config(tmp_path)
     config["auth"] = {"keys": [
         {"key": KEY_INLINE, "tenant": "acme"},
         {"key_file": str(tmp_path / "key.txt"), "tenant": "beta"},
@@ -60,7 +60,7 @@ def _bearer(key: str) -> dict[str, str]:
 def _resources_by_span(path: Path) -> dict[str, dict[str, Any]]:
     """Span name -> its resource's attributes (as plain values), from the file sink."""
     out = {}
-    for line in read_json_lines(path):
+    for line in read_proto_lines(path):
         for rs in line.get("resourceSpans", []):
             attrs = {a["key"]: next(iter(a["value"].values())) for a in rs.get("resource", {}).get("attributes", [])}
             for ss in rs.get("scopeSpans", []):
@@ -69,8 +69,18 @@ def _resources_by_span(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _config(tmp_path: Path) -> dict[str, Any]:
+    """One protobuf file sink: it writes the received bytes unless the request was edited, so a
+    tenant written without dropping those bytes would not show."""
+    return gateway_config(tmp_path, format="proto", path=str(tmp_path / "out.pb"))
+
+
+def _out(gw: GatewayProcess) -> Path:
+    return gw.workdir / "out.pb"
+
+
 def _arrived(gw: GatewayProcess, name: str) -> dict[str, Any]:
-    return wait_for(lambda: _resources_by_span(gw.workdir / "out.jsonl").get(name))
+    return wait_for(lambda: _resources_by_span(_out(gw)).get(name))
 
 
 def _metric(gw: GatewayProcess, name: str, **labels: str) -> float:
@@ -88,7 +98,7 @@ def _assert_refused(gw: GatewayProcess, protocol: str, headers: dict[str, str] |
     barrier = f"barrier-{uuid.uuid4().hex}"
     assert export(protocol, _endpoint(gw, protocol), barrier, _bearer(KEY_INLINE))
     _arrived(gw, barrier)
-    assert refused not in _resources_by_span(gw.workdir / "out.jsonl")
+    assert refused not in _resources_by_span(_out(gw))
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -170,7 +180,7 @@ def test_admin_token_guards_all_but_health(gw: GatewayProcess) -> None:
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_named_header_carries_the_raw_key(tmp_path: Path, protocol: str) -> None:
-    config = gateway_config(tmp_path)
+    config = _config(tmp_path)
     config["auth"] = {"header": "X-API-Key", "keys": [{"key": KEY_INLINE, "tenant": "acme"}], "tenant_attribute": "tenant.id"}
     gw = GatewayProcess(config, tmp_path).wait_ready()
     try:
@@ -179,7 +189,7 @@ def test_a_named_header_carries_the_raw_key(tmp_path: Path, protocol: str) -> No
         assert export(protocol, endpoint, "raw", {"x-api-key": KEY_INLINE})
         resource = _arrived(gw, "raw")
         assert resource["tenant.id"] == "acme" and "otelgate.tenant" not in resource
-        assert "bearer" not in _resources_by_span(tmp_path / "out.jsonl")
+        assert "bearer" not in _resources_by_span(_out(gw))
         if protocol == "http":
             r = requests.post(f"{gw.http}/v1/traces", data=b"{}", headers={"Content-Type": "application/json"}, timeout=5)
             assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'ApiKey header="x-api-key"'

@@ -89,52 +89,62 @@ class Limits:
         truncated: dict[str, int] = {}
         if not self._per_span:
             return truncated
-        max_attributes, max_events, max_bytes, max_depth = self.max_attributes, self.max_events, self.max_value_bytes, self.max_depth
+        max_depth = self.max_depth
         for rs in request.resource_spans:
             if max_depth is not None:
-                _check_depth(rs.resource.attributes, max_depth, "a resource")
+                _check_depth(rs.resource.attributes, max_depth, None)
             for ss in rs.scope_spans:
                 if max_depth is not None:
-                    _check_depth(ss.scope.attributes, max_depth, "a scope")
+                    _check_depth(ss.scope.attributes, max_depth, None)
                 for span in ss.spans:
-                    cut: list[str] = []
-                    if max_attributes is not None and self._cut_attributes(span, max_attributes):
-                        cut.append("max_attributes_per_span")
-                    if max_events is not None and len(span.events) > max_events:
-                        self._refuse_or_truncate(span, "max_events_per_span", f"{len(span.events)} events", max_events)
-                        span.dropped_events_count += len(span.events) - max_events
-                        del span.events[max_events:]
-                        cut.append("max_events_per_span")
-                    if max_bytes is not None and span.ByteSize() > max_bytes and self._cut_values(span, max_bytes):
-                        cut.append("max_attribute_value_bytes")
-                    if max_depth is not None:
-                        what = f"span {_name(span.name)}"
-                        _check_depth(span.attributes, max_depth, what)
-                        for event in span.events:
-                            _check_depth(event.attributes, max_depth, what)
-                        for link in span.links:
-                            _check_depth(link.attributes, max_depth, what)
+                    cut = self._apply_to_span(span)
                     if cut:
                         _mark_truncated(span)
                         for limit in cut:
                             truncated[limit] = truncated.get(limit, 0) + 1
         return truncated
 
-    def _refuse_or_truncate(self, span: Span, limit: str, found: str, allowed: int) -> None:
+    def _apply_to_span(self, span: Span) -> list[str]:
+        """The limits that truncated `span` (usually none)."""
+        cut = []
+        events = span.events
+        limit = self.max_attributes
+        if limit is not None:
+            over = len(span.attributes) > limit
+            if events or span.links:
+                over = over or any(len(holder.attributes) > limit for holder in (*events, *span.links))
+            if over:
+                self._cut_attributes(span, limit)
+                cut.append("max_attributes_per_span")
+        limit = self.max_events
+        if limit is not None and len(events) > limit:
+            self._refuse(span, "max_events_per_span", f"{len(events)} events", limit)
+            span.dropped_events_count += len(events) - limit
+            del events[limit:]
+            cut.append("max_events_per_span")
+        limit = self.max_value_bytes
+        # No value can be longer than its span: encoding the span (in C) is cheaper than walking it.
+        if limit is not None and span.ByteSize() > limit and self._cut_values(span, limit):
+            cut.append("max_attribute_value_bytes")
+        limit = self.max_depth
+        if limit is not None:
+            for holder in (span, *events, *span.links):
+                _check_depth(holder.attributes, limit, span)
+        return cut
+
+    def _refuse(self, span: Span, limit: str, found: str, allowed: int) -> None:
+        """With `action: reject`, refuse the request for `span`'s sake; with truncate, return."""
         if self.reject:
             raise LimitExceeded(limit, f"span {_name(span.name)} has {found}, more than limits.{limit} ({allowed})")
 
-    def _cut_attributes(self, span: Span, limit: int) -> bool:
-        cut = False
+    def _cut_attributes(self, span: Span, limit: int) -> None:
         for holder in (span, *span.events, *span.links):
             attributes = holder.attributes
             if len(attributes) > limit:
-                self._refuse_or_truncate(span, "max_attributes_per_span", f"{len(attributes)} attributes"
-                                         + ("" if holder is span else " on an event or link"), limit)
+                where = "" if holder is span else " on an event or link"
+                self._refuse(span, "max_attributes_per_span", f"{len(attributes)} attributes{where}", limit)
                 holder.dropped_attributes_count += len(attributes) - limit
                 del attributes[limit:]
-                cut = True
-        return cut
 
     def _cut_values(self, span: Span, limit: int) -> bool:
         cut = False
@@ -173,10 +183,12 @@ def _cut_value(value: AnyValue, limit: int) -> bool:
     return False
 
 
-def _check_depth(attributes: Sequence[KeyValue], limit: int, where: str) -> None:
+def _check_depth(attributes: Sequence[KeyValue], limit: int, span: Span | None) -> None:
+    """Refuse when an attribute of `span` (None: of a resource or scope) nests too deep."""
     for kv in attributes:
         value = kv.value
         if value.WhichOneof("value") in _NESTED and not _nests_at_most(value, limit):
+            where = f"span {_name(span.name)}" if span is not None else "a resource or scope"
             raise LimitExceeded("max_anyvalue_depth", f"{where}: attribute {_name(kv.key)} nests arrays/kvlists "
                                 f"deeper than limits.max_anyvalue_depth ({limit})")
 
