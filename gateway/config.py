@@ -165,11 +165,12 @@ def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = 
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys (receivers, sinks, routes...)"])
     errors: list[str] = []
-    raw = _expand(raw, "", os.environ if environ is None else environ, errors)
+    environ = os.environ if environ is None else environ
+    raw = _expand(raw, "", environ, errors)
     if errors:
         raise ConfigError(errors)
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"environ": environ})  # for keys named by `key_env`
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except ConfigError:

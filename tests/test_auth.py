@@ -204,8 +204,7 @@ def _errors(auth: dict[str, Any], environ: dict[str, str] | None = None) -> list
     return err.value.errors
 
 
-def test_config_errors_name_the_key_and_never_show_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_NAME, raising=False)
+def test_config_errors_name_the_key_and_never_show_it(tmp_path: Path) -> None:
     assert _errors({"keys": [{"key_file": str(tmp_path / "missing"), "tenant": "a"}]}) == [
         f"auth.keys[0]: key_file: cannot read {tmp_path / 'missing'}: No such file or directory"]
     assert _errors({"keys": [{"key_env": ENV_NAME, "tenant": "a"}]}) == [
@@ -220,6 +219,11 @@ def test_config_errors_name_the_key_and_never_show_it(tmp_path: Path, monkeypatc
     duplicate = _errors({"keys": [{"key": KEY_INLINE, "tenant": "a"}, {"key": KEY_INLINE, "tenant": "b"}]})
     assert duplicate == [f"auth: keys[1]: the same key as keys[0] (fingerprint {_fingerprint(KEY_INLINE)}); one key names one tenant"]
     assert not any(KEY_INLINE in e for e in duplicate)
+
+
+def test_key_env_reads_the_environment_the_config_expands() -> None:
+    text = f"sinks: {{out: {{type: file, path: /tmp/x}}}}\nauth: {{keys: [{{key_env: {ENV_NAME}, tenant: a}}]}}\n"
+    assert parse(text, environ={ENV_NAME: f"  {KEY_ENV}\n"}).auth.keys[0].secret() == KEY_ENV  # whitespace trimmed
 
 
 def test_keys_are_masked_when_the_config_is_dumped() -> None:

@@ -114,6 +114,17 @@ def test_truncate_cuts_to_every_limit_and_marks_the_span(truncating: GatewayProc
         assert metric(truncating.admin, "otelgate_receiver_truncated_spans_total", protocol=protocol, limit=limit) == count + 1
 
 
+def test_truncate_over_otlp_json(truncating: GatewayProcess) -> None:
+    """JSON has no received protobuf to read span sizes from: the same cut, measured another way."""
+    name = f"json-{uuid.uuid4().hex}"
+    span = {"traceId": os.urandom(16).hex(), "spanId": os.urandom(8).hex(), "name": name,
+            "attributes": [{"key": "long", "value": {"stringValue": LONG}}, {"key": "short", "value": {"stringValue": "s"}}]}
+    r = requests.post(f"{truncating.http}/v1/traces", json={"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}, timeout=10)
+    assert r.status_code == 200
+    attrs = {a["key"]: a["value"] for a in _delivered(truncating, name)["attributes"]}
+    assert attrs == {"long": {"stringValue": "é" * 500}, "short": {"stringValue": "s"}, "otelgate.truncated": {"boolValue": True}}
+
+
 def _request(name: str, spans: int = 1, attributes: int = 2, value: AnyValue | None = None) -> bytes:
     req = trace_service_pb2.ExportTraceServiceRequest()
     scope = req.resource_spans.add().scope_spans.add()

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 
 from gateway.configtypes import StrictModel
 
@@ -46,7 +46,7 @@ class ApiKeyConfig(StrictModel):
     _secret: str = PrivateAttr("")
 
     @model_validator(mode="after")
-    def _resolve(self) -> "ApiKeyConfig":
+    def _resolve(self, info: ValidationInfo) -> "ApiKeyConfig":
         """Read the key now, so a missing file or variable fails at load, naming where it was looked for."""
         given = [name for name in ("key", "key_file", "key_env") if getattr(self, name) is not None]
         if len(given) != 1:
@@ -59,7 +59,8 @@ class ApiKeyConfig(StrictModel):
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValueError(f"key_file: cannot read {self.key_file}: {getattr(exc, 'strerror', None) or exc}") from None
         else:
-            value = os.environ.get(self.key_env or "")
+            environ = (info.context or {}).get("environ", os.environ)  # config.parse passes the one ${env:...} reads
+            value = environ.get(self.key_env or "")
             if value is None:
                 raise ValueError(f"key_env: environment variable {self.key_env} is not set")
             secret = value

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.batch import Batch, RequestContext
+from gateway.batch import Batch, RequestContext, count_spans
 from gateway.config import Config
 from gateway.errors import Refused
 from gateway.logs import get_logger
@@ -92,22 +92,22 @@ class Intake:
         """
         protocol = context.protocol
         m = self._metrics
-        kept, rejected, message = remove_invalid_spans(request)
-        if rejected:
-            m.receiver_rejected_spans.labels(protocol, "invalid_id").inc(rejected)
-            raw = None
         limits = self.limits
-        if limits is not None and kept:
+        if limits is not None:  # before span checks remove anything: limits read sizes from `raw`
             try:
-                truncated = limits.apply(request, kept)
+                truncated = limits.apply(request, raw)
             except LimitExceeded as exc:
-                m.receiver_rejected_spans.labels(protocol, exc.limit).inc(kept)
+                m.receiver_rejected_spans.labels(protocol, exc.limit).inc(count_spans(request))
                 m.receiver_requests.labels(protocol, "limit_exceeded").inc()
                 raise
             if truncated:
                 for limit, spans in truncated.items():
                     m.receiver_truncated_spans.labels(protocol, limit).inc(spans)
                 raw = None
+        kept, rejected, message = remove_invalid_spans(request)
+        if rejected:
+            m.receiver_rejected_spans.labels(protocol, "invalid_id").inc(rejected)
+            raw = None
         if kept and context.tenant_attribute is not None and context.tenant is not None:
             stamp_tenant(request, context.tenant_attribute, context.tenant)
             raw = None

@@ -5,25 +5,29 @@ What happens beyond each limit (`action` is `truncate` or `reject`):
 | limit | truncate | reject |
 |---|---|---|
 | `max_spans_per_request` | the request is refused (413 / RESOURCE_EXHAUSTED), like an oversized body: dropping spans would lose data the client was told it sent | same |
-| `max_attributes_per_span` (also each event's and link's attributes) | the first N are kept, `dropped_attributes_count` grows by the rest | the request is refused (400 / INVALID_ARGUMENT) |
+| `max_attributes_per_span` (the span's; with `max_events_per_span` also each event's) | the first N are kept, `dropped_attributes_count` grows by the rest | the request is refused (400 / INVALID_ARGUMENT) |
 | `max_events_per_span` | the first N events are kept, `dropped_events_count` grows | 400 |
-| `max_attribute_value_bytes` (string and bytes values of span, event and link attributes, also inside arrays and kvlists) | cut to N bytes (strings at a UTF-8 character boundary) | 400 |
+| `max_attribute_value_bytes` (string and bytes values of the attributes of a span, its events and links, also inside arrays and kvlists) | cut to N bytes (strings at a UTF-8 character boundary) | 400 |
 | `max_anyvalue_depth` (arrays/kvlists nested in one another, in any attribute) | the request is refused (400): a value that deep is never walked further | same |
 
 A truncated span carries `otelgate.truncated=true` (not counted against the limits). A refused
 request is refused whole, with a message naming the limit, so the sender can fix its side.
 
-Cost: with no `limits:` nothing here runs. Counts are compared with `len()`; value sizes are
-checked only on spans whose serialized size (`ByteSize()`, computed in C) exceeds the value
-limit, as no single value can be larger than its span. Only `max_anyvalue_depth` looks at every
-attribute (its kind), so it is the one limit with a per-attribute cost. Without it, nesting is
-still bounded by the decoders: OTLP/JSON at 30 levels, protobuf by upb's 100 nested messages
-(31 kvlists, 47 arrays).
+Cost (figures in tests/bench/RESULTS.md, "Limits"): with no `limits:` nothing here runs.
+Counts are compared with `len()`. Values are walked only in spans larger than the value limit,
+as no value can be larger than its span, and span sizes come from the received framing
+(`gateway/otlp/wire.py`; `ByteSize()` for OTLP/JSON). Reading a repeated field a span does not
+have (`span.events` on most spans) makes upb allocate a small arena for the span's wrapper, so
+events are read only for `max_events_per_span`, and links (rare; the SDKs cap them) not at all
+but by `max_anyvalue_depth`, the one limit that looks at every attribute (its kind). Without
+it, nesting is still bounded by the decoders: OTLP/JSON at 30 levels, protobuf by upb's 100
+nested messages (31 kvlists, 47 arrays).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -31,8 +35,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field
 
+from gateway.batch import count_spans
 from gateway.configtypes import ByteSize, StrictModel
 from gateway.otlp.json_codec import MAX_ANYVALUE_DEPTH
+from gateway.otlp.wire import span_sizes
 
 TRUNCATED_ATTRIBUTE = "otelgate.truncated"
 _NESTED = ("array_value", "kvlist_value")
@@ -40,7 +46,8 @@ _NESTED = ("array_value", "kvlist_value")
 
 class LimitsConfig(StrictModel):
     max_spans_per_request: int | None = Field(None, gt=0, description="More spans in one export: refused whole (413).")
-    max_attributes_per_span: int | None = Field(None, ge=0, description="Also bounds each span event's and link's attributes.")
+    max_attributes_per_span: int | None = Field(
+        None, ge=0, description="The span's attributes; with max_events_per_span set, each event's too.")
     max_events_per_span: int | None = Field(None, ge=0)
     max_attribute_value_bytes: ByteSize | None = Field(None, gt=0, description="String and bytes attribute values, in bytes.")
     max_anyvalue_depth: int | None = Field(
@@ -67,7 +74,7 @@ class Limits:
         self.max_value_bytes = config.max_attribute_value_bytes
         self.max_depth = config.max_anyvalue_depth
         self.reject = config.action == "reject"
-        self._per_span = any(v is not None for v in (self.max_attributes, self.max_events, self.max_value_bytes, self.max_depth))
+        self._count_or_depth = any(v is not None for v in (self.max_attributes, self.max_events, self.max_depth))
 
     @classmethod
     def build(cls, config: LimitsConfig | None) -> "Limits | None":
@@ -75,20 +82,22 @@ class Limits:
         if config is None:
             return None
         limits = cls(config)
-        return limits if limits.max_spans is not None or limits._per_span else None
+        configured = (limits.max_spans, limits.max_attributes, limits.max_events, limits.max_value_bytes, limits.max_depth)
+        return limits if any(v is not None for v in configured) else None
 
-    def apply(self, request: ExportTraceServiceRequest, spans: int) -> dict[str, int]:
-        """Enforce the limits on `request` (holding `spans` spans) in place.
+    def apply(self, request: ExportTraceServiceRequest, raw: bytes | None) -> dict[str, int]:
+        """Enforce the limits on `request` in place; `raw` is the protobuf it was parsed from, if any.
 
         Returns how many spans each limit truncated (empty: the request is unchanged); raises
         `LimitExceeded` when the request must be refused whole.
         """
-        if self.max_spans is not None and spans > self.max_spans:
+        if self.max_spans is not None and (spans := count_spans(request)) > self.max_spans:
             raise LimitExceeded("max_spans_per_request", f"{spans} spans in one request, more than "
                                 f"limits.max_spans_per_request ({self.max_spans}): send smaller batches", too_large=True)
         truncated: dict[str, int] = {}
-        if not self._per_span:
-            return truncated
+        sizes = self._span_sizes(raw)
+        if sizes is None and not self._count_or_depth:
+            return truncated  # the usual case with a value limit alone: no span is large enough
         max_depth = self.max_depth
         for rs in request.resource_spans:
             if max_depth is not None:
@@ -97,38 +106,49 @@ class Limits:
                 if max_depth is not None:
                     _check_depth(ss.scope.attributes, max_depth, None)
                 for span in ss.spans:
-                    cut = self._apply_to_span(span)
+                    cut = self._apply_to_span(span, next(sizes) if sizes is not None else 0)
                     if cut:
                         _mark_truncated(span)
                         for limit in cut:
                             truncated[limit] = truncated.get(limit, 0) + 1
         return truncated
 
-    def _apply_to_span(self, span: Span) -> list[str]:
-        """The limits that truncated `span` (usually none)."""
-        cut = []
-        events = span.events
-        limit = self.max_attributes
-        if limit is not None:
-            over = len(span.attributes) > limit
-            if events or span.links:
-                over = over or any(len(holder.attributes) > limit for holder in (*events, *span.links))
-            if over:
-                self._cut_attributes(span, limit)
-                cut.append("max_attributes_per_span")
-        limit = self.max_events
-        if limit is not None and len(events) > limit:
-            self._refuse(span, "max_events_per_span", f"{len(events)} events", limit)
-            span.dropped_events_count += len(events) - limit
-            del events[limit:]
-            cut.append("max_events_per_span")
+    def _span_sizes(self, raw: bytes | None) -> Iterator[int | None] | None:
+        """Each span's encoded size, in request order, read from the received framing (None: to
+        be measured); None when no span can hold a value over the limit (or there is no limit)."""
         limit = self.max_value_bytes
-        # No value can be longer than its span: encoding the span (in C) is cheaper than walking it.
-        if limit is not None and span.ByteSize() > limit and self._cut_values(span, limit):
+        if limit is None:
+            return None
+        sizes = span_sizes(raw) if raw is not None else None
+        if sizes is None:
+            return itertools.repeat(None)  # OTLP/JSON: measure each span
+        return iter(sizes) if max(sizes, default=0) > limit else None
+
+    def _apply_to_span(self, span: Span, size: int | None) -> list[str]:
+        """The limits that truncated `span` (usually none); `size`: its encoded size (None: unknown)."""
+        cut = []
+        max_attributes = self.max_attributes
+        if max_attributes is not None and self._cut_attributes(span, span, max_attributes):
+            cut.append("max_attributes_per_span")
+        limit = self.max_events
+        if limit is not None:  # reads `span.events`, absent on most spans: see the module docstring
+            events = span.events
+            if len(events) > limit:
+                self._refuse(span, "max_events_per_span", f"{len(events)} events", limit)
+                span.dropped_events_count += len(events) - limit
+                del events[limit:]
+                cut.append("max_events_per_span")
+            if max_attributes is not None and events:
+                if any([self._cut_attributes(span, event, max_attributes) for event in events]):  # a list: cut every one
+                    if "max_attributes_per_span" not in cut:
+                        cut.append("max_attributes_per_span")
+        limit = self.max_value_bytes
+        # No value can be longer than its span: only a span larger than the limit is walked.
+        if limit is not None and size != 0 and (span.ByteSize() if size is None else size) > limit and self._cut_values(span, limit):
             cut.append("max_attribute_value_bytes")
         limit = self.max_depth
         if limit is not None:
-            for holder in (span, *events, *span.links):
+            for holder in (span, *span.events, *span.links):
                 _check_depth(holder.attributes, limit, span)
         return cut
 
@@ -137,14 +157,16 @@ class Limits:
         if self.reject:
             raise LimitExceeded(limit, f"span {_name(span.name)} has {found}, more than limits.{limit} ({allowed})")
 
-    def _cut_attributes(self, span: Span, limit: int) -> None:
-        for holder in (span, *span.events, *span.links):
-            attributes = holder.attributes
-            if len(attributes) > limit:
-                where = "" if holder is span else " on an event or link"
-                self._refuse(span, "max_attributes_per_span", f"{len(attributes)} attributes{where}", limit)
-                holder.dropped_attributes_count += len(attributes) - limit
-                del attributes[limit:]
+    def _cut_attributes(self, span: Span, holder: Span | Span.Event, limit: int) -> bool:
+        """Keep the first `limit` attributes of `holder` (the span or one of its events)."""
+        attributes = holder.attributes
+        if len(attributes) <= limit:
+            return False
+        where = "" if holder is span else " on an event"
+        self._refuse(span, "max_attributes_per_span", f"{len(attributes)} attributes{where}", limit)
+        holder.dropped_attributes_count += len(attributes) - limit
+        del attributes[limit:]
+        return True
 
     def _cut_values(self, span: Span, limit: int) -> bool:
         cut = False
