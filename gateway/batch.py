@@ -36,6 +36,7 @@ class RequestContext:
     protocol: str
     headers: dict[str, str] = field(default_factory=dict)
     tenant: str | None = None  # who sent it; routes match on it (`tenant:`)
+    tenant_attribute: str | None = None  # set when an API key named the tenant: the resource attribute to write it to
 
 
 @dataclass(slots=True)

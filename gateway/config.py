@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, SecretStr, ValidationError, create_model, model_validator
 
 from gateway import registry
 from gateway.processors import redact
 from gateway.configtypes import ByteSize, Duration, Endpoint, StrictModel
 from gateway.routing.match import SCOPE, SPAN, MatchError, compile_match
+from gateway.receivers.auth import AuthConfig
+from gateway.receivers.limits import LimitsConfig
+from gateway.receivers.tls import ServerTlsConfig
 from gateway.sampling.head import HeadConfig
 from gateway.sampling.tail import POLICY_TYPES, TailConfig
 
@@ -39,12 +42,14 @@ class ConfigError(Exception):
 class GrpcReceiverConfig(StrictModel):
     endpoint: Endpoint = "0.0.0.0:4317"
     max_message_bytes: ByteSize = Field(4 * 1024 * 1024, gt=0)
+    tls: ServerTlsConfig | None = Field(None, description="Omitted: plain text.")
 
 
 class HttpReceiverConfig(StrictModel):
     endpoint: Endpoint = "0.0.0.0:4318"
     max_body_bytes: ByteSize = Field(
         20 * 1024 * 1024, gt=0, description="Bounds the body as sent and again after decompression (gzip bombs).")
+    tls: ServerTlsConfig | None = Field(None, description="Omitted: plain text.")
 
 
 class ReceiversConfig(StrictModel):
@@ -62,6 +67,8 @@ class ReceiversConfig(StrictModel):
 
 class AdminConfig(StrictModel):
     endpoint: Endpoint = "127.0.0.1:13133"
+    token: SecretStr | None = Field(
+        None, min_length=1, description="When set, every path but /health needs `Authorization: Bearer <token>`.")
 
 
 class RouteSamplingConfig(StrictModel):
@@ -117,6 +124,8 @@ class Config(StrictModel):
         None, description="Ordered; a route without `match` takes everything. Omitted: one route to every sink.")
     pipeline: PipelineConfig = PipelineConfig()  # type: ignore[valid-type]
     sampling: SamplingConfig = SamplingConfig()
+    auth: AuthConfig | None = Field(None, description="API keys the receivers require; omitted: anyone may send.")
+    limits: LimitsConfig | None = Field(None, description="Bounds on what one request may hold; omitted: none.")
     service: ServiceConfig = ServiceConfig()
 
     @model_validator(mode="after")
@@ -261,11 +270,12 @@ def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = 
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys (receivers, sinks, routes...)"])
     errors: list[str] = []
-    raw = _expand(raw, "", os.environ if environ is None else environ, errors)
+    environ = os.environ if environ is None else environ
+    raw = _expand(raw, "", environ, errors)
     if errors:
         raise ConfigError(errors)
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"environ": environ})  # for keys named by `key_env`
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except ConfigError:

@@ -55,7 +55,8 @@ class SignalCounters:
             f"otelgate_receiver_refused_{items}", f"{what} refused as a whole request (the client may retry)",
             ["protocol", "reason"], registry=r)
         self.receiver_rejected = Counter(
-            f"otelgate_receiver_rejected_{items}", f"{what} rejected as invalid (not retryable; reported in partial_success)",
+            f"otelgate_receiver_rejected_{items}", f"{what} rejected as invalid (reported in partial_success) or over a limit "
+            "(the whole request); not retryable",
             ["protocol", "reason"], registry=r)
         self.sink_sent = Counter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", ["sink"], registry=r)
         self.sink_failed = Counter(
@@ -82,6 +83,8 @@ class Metrics:
         self.sink_failed_spans = traces.sink_failed
         self.sink_dropped_spans = traces.sink_dropped
         self.router_dropped_spans = traces.router_dropped
+        self.receiver_truncated_spans = Counter(
+            "otelgate_receiver_truncated_spans", "Spans accepted after cutting them to a limit", ["protocol", "limit"], registry=r)
         self.receiver_requests = Counter(
             "otelgate_receiver_requests", "Export requests by outcome", ["protocol", "outcome"], registry=r)
         self.receiver_request_duration = Histogram(

@@ -535,7 +535,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
                    "llm_share": args.llm_share, "processors": not args.no_processors, "redact": args.redact,
                    "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
-                   "sink_path": "/dev/null" if args.discard else "file in a temp dir"},
+                   "sink_path": "/dev/null" if args.discard else "file in a temp dir",
+                   "limits": json.loads(args.limits) if args.limits else None},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "note": "client processes share the machine's cores with the gateway: spans_per_s is bounded by the "
                 "clients' CPU too; gateway.spans_per_s_per_core (gateway CPU time only) is not",
@@ -562,6 +563,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.redact:
         config.setdefault("pipeline", {})["redact"] = {
             "enabled": True, "content": args.redact, "hash_secret": "bench-secret-0123456789"}
+    if args.limits:
+        config["limits"] = json.loads(args.limits)
     receiver = None
     if args.sink == "otlp":
         # A trivial receiver: another otelgate with no processors, writing to /dev/null.
@@ -800,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redact", choices=("keep", "drop", "hash", "truncate"),
                         help="enable pipeline.redact (all detectors) with this content mode")
     parser.add_argument("--format", choices=("proto", "json"), default="proto", help="file sink format")
+    parser.add_argument("--limits", metavar="JSON",
+                        help='the gateway\'s `limits:` as JSON, e.g. \'{"max_attributes_per_span": 128}\'')
     parser.add_argument("--discard", action="store_true",
                         help="file sink path /dev/null: everything but the page-cache write (delivery checked by metric)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random trace/span ids")
