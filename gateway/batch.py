@@ -37,6 +37,9 @@ class RequestContext:
     headers: dict[str, str] = field(default_factory=dict)
     tenant: str | None = None  # who sent it; routes match on it (`tenant:`)
     tenant_attribute: str | None = None  # set when an API key named the tenant: the resource attribute to write it to
+    # Langfuse credentials (public key, secret key) the sender authenticated with on the Langfuse
+    # path; a `langfuse` sink with `forward_credentials` sends with them.
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)

@@ -4,7 +4,6 @@ kind arriving intact; routes per signal; no route counted."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -37,14 +37,9 @@ PROTO = {"Content-Type": "application/x-protobuf"}
 def _emit_logs(exporter: Any, service: str, messages: list[str]) -> None:
     provider = LoggerProvider(resource=Resource.create({"service.name": service}))
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    logger = logging.getLogger(f"tests.signals.{service}.{id(exporter)}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    handler = LoggingHandler(level=logging.INFO, logger_provider=provider)
-    logger.addHandler(handler)
+    logger = provider.get_logger("tests.signals")
     for message in messages:
-        logger.info(message, extra={"gen_ai.request.model": "gpt-4o-mini"})
-    logger.removeHandler(handler)
+        logger.emit(body=message, severity_number=SeverityNumber.INFO, attributes={"gen_ai.request.model": "gpt-4o-mini"})
     provider.shutdown()
 
 
