@@ -4,6 +4,7 @@ kind arriving intact; routes per signal; no route counted."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,48 @@ def test_a_log_record_with_a_malformed_trace_id_is_rejected_alone(tmp_path: Path
         wait_for(lambda: sorted(_log_bodies(tmp_path / "out.logs.jsonl")) == ["good", "no ids is fine"])
     finally:
         assert gw.stop() == 0
+
+
+def test_redaction_reaches_log_records_attributes_and_bodies(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, llm=True)
+    config.setdefault("pipeline", {})["redact"] = {"enabled": True, "content": "hash", "hash_secret": "0123456789abcdef-secret"}
+    config["routes"] = [{"name": "all", "sinks": ["out"], "signals": ["traces", "logs"]}]
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        [body] = read_records(FIXTURES / "openai_v2.logs.otlp.bin")
+        request = ExportLogsServiceRequest.FromString(body)
+        scope = request.resource_logs[0].scope_logs[0]
+        prompts = {leaf for r in scope.log_records for kv in r.attributes if kv.key == "gen_ai.input.messages"
+                   for leaf in _strings(kv.value) if len(leaf) > 12}  # the message texts (structured, not JSON)
+        # The older event form: the message in the body, as a map; and a plain string body with a card number.
+        old = scope.log_records.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, event_name="gen_ai.user.message")
+        old.body.kvlist_value.values.add(key="content").value.string_value = "I am ann@example.com"
+        scope.log_records.add().body.string_value = '{"note": "card 4111 1111 1111 1111"}'
+        r = requests.post(f"{gw.http}/v1/logs", data=request.SerializeToString(), headers=PROTO, timeout=5)
+        assert r.status_code == 200
+        path = tmp_path / "out.logs.jsonl"
+        wait_for(lambda: read_json_lines(path))
+        text = path.read_text()
+        assert prompts and not any(p in text for p in prompts)
+        assert "ann@example.com" not in text and "4111 1111 1111 1111" not in text
+        records = [r for line in read_json_lines(path) for rl in line["resourceLogs"] for sl in rl["scopeLogs"]
+                   for r in sl["logRecords"]]
+        hashed = [a["value"] for r in records for a in r.get("attributes", []) if a["key"] == "gen_ai.input.messages"]
+        assert len(hashed) == 4 and all("hmac-sha256:" in json.dumps(h) for h in hashed)
+        assert json.loads(records[-1]["body"]["stringValue"]) == {"note": "card [REDACTED:credit_card]"}  # still JSON
+        assert metric(gw.admin, "otelgate_redactions_total", kind="credit_card") == 1
+        assert metric(gw.admin, "otelgate_redactions_total", kind="content_hash") >= 5
+    finally:
+        assert gw.stop() == 0
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string leaf of an AnyValue."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return [value.string_value]
+    if kind == "array_value":
+        return [s for v in value.array_value.values for s in _strings(v)]
+    if kind == "kvlist_value":
+        return [s for kv in value.kvlist_value.values for s in _strings(kv.value)]
+    return []
