@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
 from gateway.otlp.json_codec import decode_logs, decode_metrics, decode_traces, encode_logs, encode_metrics, encode_traces
-from gateway.otlp.validate import remove_invalid_spans
+from gateway.otlp.validate import remove_invalid_log_records, remove_invalid_spans
 
 
 @dataclass(frozen=True)
@@ -66,30 +66,6 @@ def count_metric_points(request: ExportMetricsServiceRequest) -> int:
                 if kind is not None:
                     total += len(getattr(metric, kind).data_points)
     return total
-
-
-_ZERO_TRACE = bytes(16)
-_ZERO_SPAN = bytes(8)
-
-
-def remove_invalid_log_records(request: ExportLogsServiceRequest) -> tuple[int, int, str]:
-    """A log record's trace and span ids are optional; when present they must be well formed,
-    or the record could never be joined to its span."""
-    kept = rejected = 0
-    for rl in request.resource_logs:
-        for sl in rl.scope_logs:
-            records = sl.log_records
-            bad = [i for i, r in enumerate(records)
-                   if (r.trace_id and (len(r.trace_id) != 16 or r.trace_id == _ZERO_TRACE))
-                   or (r.span_id and (len(r.span_id) != 8 or r.span_id == _ZERO_SPAN))]
-            for i in reversed(bad):
-                del records[i]
-            kept += len(records)
-            rejected += len(bad)
-    if not rejected:
-        return kept, 0, ""
-    return kept, rejected, (f"rejected {rejected} of {kept + rejected} log records: trace_id must be empty or 16 "
-                            "bytes and span_id empty or 8 bytes, not all zero")
 
 
 def _all_valid_metrics(request: ExportMetricsServiceRequest) -> tuple[int, int, str]:
