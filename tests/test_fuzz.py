@@ -24,7 +24,8 @@ request over both protocols and write it to the file sink, have delivered every 
 acknowledged (metrics), and have logged no error or traceback.
 
 The LLM processors are also fuzzed as units on decoded requests: they must never raise (nor
-swallow an internal error), keep the span count, and leave a request that still encodes.
+swallow an internal error), keep the span count, leave a request that still encodes, and change
+nothing when run a second time (spans may pass through several otelgates).
 
 Budgets: a modest, derandomized one in the normal run (under a minute here); the `slow`-marked
 variants run `OTELGATE_FUZZ_EXAMPLES` (default 3000) random examples per family.
@@ -73,7 +74,7 @@ from gateway.telemetry import Metrics
 from tests.conftest import FIXTURES, TRACE_FIXTURES, read_records
 from tests.gateway_process import GatewayProcess, gateway_config, wait_for
 
-QUICK = int(os.environ.get("OTELGATE_FUZZ_QUICK", "120"))  # examples per family in the normal run
+QUICK = 120  # examples per family in the normal run (some families take a multiple)
 LONG = int(os.environ.get("OTELGATE_FUZZ_EXAMPLES", "3000"))  # ... in the slow run
 BUDGETS = [pytest.param(QUICK, id="quick"), pytest.param(LONG, id="long", marks=pytest.mark.slow)]
 
@@ -168,6 +169,7 @@ ATTRIBUTES = st.lists(st.builds(_kv, _KEY, ANY_VALUE), max_size=14)  # duplicate
 
 
 def _id(size: int) -> st.SearchStrategy[bytes]:
+    """Mostly the right length (listed twice), sometimes all zero or any length."""
     return st.one_of(st.binary(min_size=size, max_size=size), st.binary(min_size=size, max_size=size),
                      st.just(bytes(size)), st.binary(max_size=size + 4))
 
@@ -299,8 +301,8 @@ _JSON_VALUES = st.one_of(
                      "99999999999999999999999", "-9223372036854775809", "18446744073709551616", "0x1F", "1.0",
                      "SPAN_KIND_SERVER", "STATUS_CODE_ERROR", "not base64!", "\ud800", "\udfff", "\ud83d\ude00"]),
     st.integers(-(2**70), 2**70), st.floats(),
-    st.text(max_size=12),  # includes lone surrogates: the JSON text then has a \ud800 escape or invalid UTF-8
-)
+    st.text(max_size=12),
+)  # the lone surrogates above become a \ud800 escape or invalid UTF-8 in the JSON text
 
 
 def _deep_json(depth: int, array: bool) -> dict:
