@@ -68,6 +68,7 @@ from gateway.batch import Batch, RequestContext, count_spans
 from gateway.config import parse
 from gateway.otlp import compression
 from gateway.otlp.json_codec import OtlpJsonError, decode_traces, encode_traces
+from gateway.otlp.signals import LOGS, METRICS, Signal
 from gateway.pipeline import build_processors
 from gateway.processors import normalize
 from gateway.telemetry import Metrics
@@ -659,6 +660,58 @@ def test_mutated_protobuf_over_both_protocols(target: Target, examples: int) -> 
 
     run()
     target.assert_healthy()
+
+
+def _logs_and_metrics_seeds() -> list[tuple[Signal, bytes]]:
+    from tests.test_signals import _every_point_kind
+    [logs] = read_records(FIXTURES / "openai_v2.logs.otlp.bin")
+    return [(LOGS, logs), (METRICS, _every_point_kind().SerializeToString())]
+
+
+@pytest.mark.parametrize("examples", BUDGETS)
+def test_mutated_logs_and_metrics_over_both_protocols(target: Target, examples: int) -> None:
+    """The other two signals: mutated protobuf of the GenAI log fixture and of a metrics export
+    with every point kind; 200 with the exact partial success when it still decodes, else 400 /
+    INVALID_ARGUMENT; never anything else."""
+    session, channel = target.session, target.channel
+    assert channel is not None
+    accepted = {LOGS.name: 0, METRICS.name: 0}
+
+    @_settings(examples, 2.5)
+    @given(case=st.sampled_from(_logs_and_metrics_seeds()).flatmap(
+        lambda seed: mutated(seed[1]).map(lambda body: (seed[0], body))))
+    def run(case: tuple[Signal, bytes]) -> None:
+        signal, body = case
+        try:
+            request = signal.request.FromString(body)
+        except DecodeError:
+            request = None
+        if request is not None:
+            kept, rejected, _ = signal.remove_invalid(signal.request.FromString(body))
+        r = session.post(f"{target.gw.http}{signal.http_path}", data=body, headers={"Content-Type": PROTOBUF}, timeout=TIMEOUT)
+        target.outcomes[f"http {signal.name} {r.status_code}"] += 1
+        if request is None:
+            assert r.status_code == 400 and status_pb2.Status.FromString(r.content).message
+        else:
+            assert r.status_code == 200, (r.status_code, r.content[:200])
+            partial = signal.response.FromString(r.content).partial_success
+            assert getattr(partial, signal.rejected_field) == rejected
+            accepted[signal.name] += kept
+        try:
+            answer = channel.unary_unary(signal.grpc_method)(body, timeout=TIMEOUT)
+        except grpc.RpcError as exc:
+            target.outcomes[f"grpc {signal.name} {exc.code().name}"] += 1
+            assert request is None and exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+            return
+        target.outcomes[f"grpc {signal.name} OK"] += 1
+        assert request is not None
+        assert getattr(signal.response.FromString(answer).partial_success, signal.rejected_field) == rejected
+        accepted[signal.name] += kept
+
+    run()
+    target.assert_healthy()
+    assert target.metric("otelgate_receiver_accepted_log_records_total") == accepted["logs"]
+    assert target.metric("otelgate_receiver_accepted_metric_points_total") == accepted["metrics"]
 
 
 @pytest.mark.parametrize("examples", BUDGETS)
