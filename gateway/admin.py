@@ -28,12 +28,14 @@ _OPEN_PATHS = frozenset({"/health"})  # probes need no token
 
 
 class AdminServer:
-    def __init__(self, config: AdminConfig, metrics: Metrics, sinks_health: Callable[[], dict[str, dict[str, object]]]) -> None:
+    def __init__(self, config: AdminConfig, metrics: Metrics, sinks_health: Callable[[], dict[str, dict[str, object]]],
+                 config_status: Callable[[], dict[str, object]] | None = None) -> None:
         self.config = config
         self.endpoint = config.endpoint
         self.state = "starting"  # starting | running | draining
         self._metrics = metrics
         self._sinks_health = sinks_health
+        self._config_status = config_status
         self._started = time.monotonic()
         self._runner: web.AppRunner | None = None
 
@@ -80,6 +82,8 @@ class AdminServer:
             status, code = "ok", 200
         body = {"status": status, "version": __version__, "uptime_s": round(time.monotonic() - self._started, 3),
                 "sinks": sinks}
+        if self._config_status is not None:
+            body["config"] = self._config_status()
         return code, body
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -9,13 +9,17 @@ consumer is still alive, and nothing acknowledged is left behind without being c
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
+from gateway import logs
 from gateway.admin import AdminServer
-from gateway.config import Config
+from gateway.config import Config, ConfigError, load
 from gateway.logs import get_logger
 from gateway.pipeline import Pipeline
 from gateway.processors import Processor
@@ -36,9 +40,28 @@ class Receiver(Protocol):
     async def shutdown(self) -> None: ...
 
 
+class ConfigStatus:
+    """What /health says of the config: which load is running, and why the last one failed."""
+
+    def __init__(self) -> None:
+        self.generation = 1
+        self.loaded_at = time.time()
+        self.last_error: list[str] | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        loaded = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))
+        return {"generation": self.generation, "loaded_at": loaded, "last_error": self.last_error}
+
+
 class Gateway:
-    def __init__(self, config: Config, processors: Sequence[Processor] | None = None) -> None:
+    def __init__(self, config: Config, processors: Sequence[Processor] | None = None,
+                 config_path: str | os.PathLike[str] | None = None) -> None:
+        """`config_path` is the file `config` came from: it is watched and reloaded on change or SIGHUP."""
         self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.config_status = ConfigStatus()
+        self._config_digest = _digest(self.config_path)
+        self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
         self.pipeline = Pipeline(config, self.metrics, processors)
         self.intake = intake = Intake(self.pipeline, self.metrics)
@@ -48,7 +71,7 @@ class Gateway:
             self.receivers["OTLP/gRPC"] = OtlpGrpcReceiver(config.receivers.grpc, intake)
         if config.receivers.http is not None:
             self.receivers["OTLP/HTTP"] = OtlpHttpReceiver(config.receivers.http, intake)
-        self.admin = AdminServer(config.admin, self.metrics, self.pipeline.health)
+        self.admin = AdminServer(config.admin, self.metrics, self.pipeline.health, self.config_status.as_dict)
         self._started: list[str] = []
 
     async def start(self) -> None:
@@ -77,13 +100,91 @@ class Gateway:
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
         await self.admin.shutdown()
 
+    async def reload(self, reason: str) -> bool:
+        """Load the config file again and switch to it if valid; else keep running the old one.
+
+        Receivers and the admin endpoint keep their listeners (changing them needs a restart,
+        which is logged); everything else switches, API keys and the admin token included.
+        """
+        if self.config_path is None:
+            _log.info("reload requested but no config file was given (embedded default)", reason=reason)
+            return False
+        async with self._reload_lock:
+            digest = _digest(self.config_path)
+            try:
+                config = load(self.config_path)
+            except ConfigError as exc:
+                self._config_digest = digest
+                self.config_status.last_error = exc.errors
+                self.metrics.config_reloads.labels("invalid").inc()
+                for error in exc.errors:
+                    _log.error("config reload rejected; the running config stays", reason=reason, error=error)
+                return False
+            self._config_digest = digest
+            if config == self.config:
+                self.config_status.last_error = None
+                _log.info("config unchanged", reason=reason)
+                return True
+            if config.receivers != self.config.receivers:
+                _log.warning("config: receivers changed; that takes a restart (kept the running receivers)")
+            if config.admin.endpoint != self.config.admin.endpoint:
+                _log.warning("config: admin.endpoint changed; that takes a restart (kept the running endpoint)")
+            try:
+                await self.pipeline.reload(config, config.service.shutdown_grace)
+            except Exception as exc:
+                self.config_status.last_error = [f"cannot apply: {exc}"]
+                self.metrics.config_reloads.labels("failed").inc()
+                _log.error("config reload failed; the running config stays", reason=reason, error=str(exc))
+                return False
+            self.intake.configure(config)  # API keys and limits
+            self.admin.config = config.admin  # the token (its endpoint is bound already)
+            self.config = config
+            status = self.config_status
+            status.generation += 1
+            status.loaded_at = time.time()
+            status.last_error = None
+            logs.set_level(config.service.log_level)
+            self.metrics.config_reloads.labels("applied").inc()
+            _log.info("config reloaded", reason=reason, generation=status.generation,
+                      sinks=",".join(self.pipeline.drivers), routes=",".join(r.name for r in config.route_list()))
+            return True
+
+    async def _watch_config(self) -> None:
+        """Reload when the file's content changes (polled: works on every filesystem and in containers)."""
+        while True:
+            interval = self.config.service.config_watch_interval
+            await asyncio.sleep(interval or 1.0)
+            if interval and _digest(self.config_path) != self._config_digest:
+                await self.reload("file changed")
+
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        tasks: set[asyncio.Task[bool]] = set()
+
+        def on_hangup() -> None:
+            task = asyncio.create_task(self.reload("SIGHUP"))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         await self.start()
+        watcher = asyncio.create_task(self._watch_config()) if self.config_path is not None else None
         await stop.wait()
         _log.info("shutting down", grace_s=self.config.service.shutdown_grace)
-        await self.stop()
+        if watcher is not None:
+            watcher.cancel()
+        async with self._reload_lock:  # let a reload in progress finish first
+            await self.stop()
         _log.info("stopped")
+
+
+def _digest(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None

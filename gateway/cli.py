@@ -22,7 +22,23 @@ def _summary(config: Config) -> str:
         lines.append(f"  {name}  type={sc.type}")
     lines.append("routes:")
     for route in config.route_list():
-        lines.append(f"  {route.name}  (everything) -> {', '.join(route.sinks)}")
+        if route.default:
+            what = "(what no other route took)"
+        elif route.match is None:
+            what = "(everything)"
+        else:
+            what = ", ".join(f"{k}={v}" for k, v in route.match.items())
+        extras = [x for x in ("+".join(route.signals) if route.signals != ["traces"] else "",
+                              f"by {route.by}" if route.by == "trace" else "", "continue" if route.continue_ else "",
+                              "redacted" if route.redact else "",
+                              f"sampled {route.sampling.head.percentage:g}%" if route.sampling else "") if x]
+        lines.append(f"  {route.name}  {what}{' [' + ', '.join(extras) + ']' if extras else ''} -> {', '.join(route.sinks)}")
+    if config.sampling.head is not None:
+        lines.append(f"head sampling: {config.sampling.head.percentage:g}%")
+    if config.sampling.tail is not None:
+        tail = config.sampling.tail
+        policies = ", ".join(p.name or p.type for p in tail.policies) or "keep all"
+        lines.append(f"tail sampling: wait {tail.decision_wait:g}s, {tail.combine} of: {policies}")
     return "\n".join(lines)
 
 
@@ -65,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(Gateway(config).run_until_signalled())
+        runner(Gateway(config, config_path=args.config).run_until_signalled())
     except OSError as exc:
         hint = {errno.EADDRINUSE: "another process holds the port: stop it or change the endpoint in the config",
                 errno.EACCES: "permission denied: check the file sink's path or use a port above 1023"}.get(exc.errno or 0)

@@ -16,14 +16,19 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, create_model, model_validator
 
 from gateway import registry
+from gateway.processors import redact
 from gateway.configtypes import ByteSize, Duration, Endpoint, StrictModel
+from gateway.routing.match import SCOPE, SPAN, MatchError, compile_match
 from gateway.receivers.auth import AuthConfig
 from gateway.receivers.limits import LimitsConfig
 from gateway.receivers.tls import ServerTlsConfig
 from gateway.sampling.head import HeadConfig
+from gateway.sampling.tail import POLICY_TYPES, TailConfig
 
 _ENV = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = r"^[A-Za-z0-9_.-]+$"
+SIGNAL_NAMES = ("traces", "logs", "metrics")
+SignalName = Literal["traces", "logs", "metrics"]
 
 
 class ConfigError(Exception):
@@ -66,18 +71,41 @@ class AdminConfig(StrictModel):
         None, min_length=1, description="When set, every path but /health needs `Authorization: Bearer <token>`.")
 
 
+class RouteSamplingConfig(StrictModel):
+    """A route's own sampling, applied to what the route takes (tail sampling is global only)."""
+
+    head: HeadConfig
+
+
+class RouteRedactConfig(redact.Config):
+    """`pipeline.redact` settings for one route's copy; present means on."""
+
+    enabled: bool = True
+
+
 class RouteConfig(StrictModel):
     name: str = Field(pattern=_NAME)
+    match: dict[str, Any] | None = Field(None, description="Conditions (see gateway/routing/match.py); omitted: everything.")
     sinks: list[str] = Field(min_length=1)
+    continue_: bool = Field(False, alias="continue", description="Keep evaluating the routes below (fan-out).")
+    default: bool = Field(False, description="Takes what no other route took.")
+    by: Literal["span", "trace"] = Field("span", description="trace: a match on any span takes the whole trace.")
+    sampling: RouteSamplingConfig | None = Field(None, description="Applies to the traces the route takes.")
+    signals: list[SignalName] = Field(["traces"], min_length=1, description="What the route carries.")
+    redact: RouteRedactConfig | None = Field(
+        None, description="Redact what this route sends (a copy: other routes see the data as it was).")
 
 
 class SamplingConfig(StrictModel):
     head: HeadConfig | None = Field(None, description="Consistent head sampling by trace id; omitted: keep everything.")
+    tail: TailConfig | None = Field(None, description="Buffer traces and keep those the policies choose.")
 
 
 class ServiceConfig(StrictModel):
     shutdown_grace: Duration = Field(30.0, description="How long SIGTERM waits for queues to drain.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    config_watch_interval: Duration = Field(
+        1.0, description="How often the config file is checked for changes (0: only on SIGHUP).")
 
 
 PipelineConfig = create_model(  # one key per registered processor, each with its defaults
@@ -105,26 +133,103 @@ class Config(StrictModel):
         errors = []
         if self.pipeline.price.enabled and not self.pipeline.normalize.enabled:
             errors.append("pipeline.price: pricing reads what pipeline.normalize finds; enable it or disable price")
-        seen: set[str] = set()
-        for i, route in enumerate(self.routes or ()):
-            if route.name in seen:
-                errors.append(f"routes[{i}].name: duplicate route name {route.name!r}")
-            seen.add(route.name)
-            for j, sink in enumerate(route.sinks):
-                if sink not in self.sinks:
-                    errors.append(f"routes[{i}].sinks[{j}]: no sink named {sink!r} (sinks: {', '.join(sorted(self.sinks))})")
-            if i > 0:
-                errors.append(f"routes[{i}]: unreachable: routes[0] has no match and takes everything")
+        errors.extend(self._route_errors())
         if errors:
             raise ConfigError(errors)
         return self
 
+    def _route_errors(self) -> list[str]:
+        errors: list[str] = []
+        seen: set[str] = set()
+        takes_all: dict[str, int] = {}  # signal -> a route that takes all of it and stops
+        defaults: dict[str, list[int]] = {}
+        for i, route in enumerate(self.routes or ()):
+            at = f"routes[{i}]"
+            if route.name in seen:
+                errors.append(f"{at}.name: duplicate route name {route.name!r}")
+            seen.add(route.name)
+            if len(set(route.signals)) != len(route.signals):
+                errors.append(f"{at}.signals: a signal is listed twice")
+            for j, sink in enumerate(route.sinks):
+                if sink not in self.sinks:
+                    errors.append(f"{at}.sinks[{j}]: no sink named {sink!r} (sinks: {', '.join(sorted(self.sinks))})")
+                    continue
+                kind = self.sinks[sink].type
+                carried = registry.SINKS[kind].SIGNALS
+                missing = [sig for sig in route.signals if sig not in carried]
+                if missing:
+                    errors.append(f"{at}.sinks[{j}]: sink {sink!r} (type {kind}) carries {', '.join(carried)} only, "
+                                  f"not {', '.join(missing)}: give those signals a route of their own")
+            level = 0
+            if route.match is not None:
+                try:
+                    level = compile_match(route.match, f"{at}.match").level
+                except MatchError as exc:
+                    errors.extend(exc.errors)
+            others = [sig for sig in route.signals if sig != "traces"]
+            if others and level > SCOPE:
+                errors.append(f"{at}.match: conditions on spans (span.*, name, status) apply to traces only, and this "
+                              f"route also carries {', '.join(others)}: give those a route of their own")
+            if others and route.by == "trace":
+                errors.append(f"{at}.by: by: trace applies to traces only; this route also carries {', '.join(others)}")
+            if route.default:
+                for sig in route.signals:
+                    defaults.setdefault(sig, []).append(i)
+                if route.match is not None:
+                    errors.append(f"{at}.match: a default route takes what no other route took; it has no match")
+                continue
+            for sig in route.signals:
+                if sig in takes_all:
+                    errors.append(f"{at}: unreachable for {sig}: routes[{takes_all[sig]}] has no match and takes "
+                                  "everything (give it `continue: true` to fan out)")
+            for sig in route.signals:
+                if route.match is None and not route.continue_ and sig not in takes_all:
+                    takes_all[sig] = i
+            if level == SPAN and route.by == "span" and any(
+                    getattr(self.sinks.get(s), "type", None) == "langfuse" for s in route.sinks):
+                errors.append(f"{at}.by: this route matches single spans and sends to Langfuse, which would get "
+                              "traces without their root span; use `by: trace`")
+        for sig, indices in defaults.items():
+            for i in indices[1:]:
+                errors.append(f"routes[{i}].default: only one default route per signal ({sig}: routes[{indices[0]}] is)")
+        for i, policy in enumerate(self.sampling.tail.policies if self.sampling.tail else ()):
+            if policy.type == "attribute":
+                try:
+                    compile_match(policy.match, f"sampling.tail.policies[{i}].match")
+                except MatchError as exc:
+                    errors.extend(exc.errors)
+        return errors
+
     def route_list(self) -> list[RouteConfig]:
-        return self.routes if self.routes is not None else [RouteConfig(name="default", sinks=sorted(self.sinks))]
+        """The routes; without `routes:`, every signal goes to every sink that carries it."""
+        if self.routes is not None:
+            return self.routes
+        out = []
+        for signal in SIGNAL_NAMES:
+            sinks = sorted(n for n, c in self.sinks.items() if signal in registry.SINKS[c.type].SIGNALS)
+            if sinks:
+                out.append(RouteConfig.model_validate(
+                    {"name": "default" if signal == "traces" else f"default.{signal}", "sinks": sinks, "signals": [signal]}))
+        return out
 
     def warnings(self) -> list[str]:
-        used = {s for r in self.route_list() for s in r.sinks}
-        return [f"sinks.{name}: not used by any route" for name in self.sinks if name not in used]
+        routes = self.route_list()
+        used = {s for r in routes for s in r.sinks}
+        out = [f"sinks.{name}: not used by any route" for name in self.sinks if name not in used]
+        for signal in SIGNAL_NAMES:
+            carrying = [r for r in routes if signal in r.signals]
+            if not carrying:
+                out.append(f"routes: no route carries {signal}: {signal} sent to otelgate are dropped (counted in "
+                           f"otelgate_router_dropped_{_ITEMS[signal]}_total{{reason=\"no_route\"}}); "
+                           f"add `signals: [..., {signal}]` to a route to keep them")
+            elif not any(r.default or r.match is None for r in carrying):
+                out.append(f"routes: {signal} that match no route are dropped (counted in "
+                           f"otelgate_router_dropped_{_ITEMS[signal]}_total{{reason=\"no_route\"}}); "
+                           "add a route with `default: true` to keep them")
+        return out
+
+
+_ITEMS = {"traces": "spans", "logs": "log_records", "metrics": "metric_points"}
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -203,6 +308,9 @@ def _describe(exc: ValidationError) -> list[str]:
         # A discriminated union adds the sink type to the path: `sinks.main.file.path`.
         if len(loc) > 2 and loc[0] == "sinks" and loc[2] in registry.SINKS:
             del loc[2]
+        # ... and the policy type to a tail policy's: `sampling.tail.policies[0].latency.threshold`.
+        if len(loc) > 4 and loc[:3] == ["sampling", "tail", "policies"] and loc[4] in POLICY_TYPES:
+            del loc[4]
         ctx = err.get("ctx") or {}
         if isinstance(ctx.get("error"), ConfigError):
             messages.extend(ctx["error"].errors)
@@ -212,12 +320,11 @@ def _describe(exc: ValidationError) -> list[str]:
             msg = "unknown key"
         elif kind == "missing":
             msg = "required"
-        elif kind == "union_tag_invalid":
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            what, types = ("sink type", registry.SINKS) if loc[0] == "sinks" else ("policy type", POLICY_TYPES)
             loc.append("type")
-            msg = f"unknown sink type {ctx.get('tag')!r}; expected one of: {', '.join(registry.SINKS)}"
-        elif kind == "union_tag_not_found":
-            loc.append("type")
-            msg = f"required (one of: {', '.join(registry.SINKS)})"
+            msg = (f"unknown {what} {ctx.get('tag')!r}; expected one of: {', '.join(types)}"
+                   if kind == "union_tag_invalid" else f"required (one of: {', '.join(types)})")
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         messages.append(f"{_dotted(loc) or '<top level>'}: {msg}")

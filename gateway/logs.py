@@ -82,3 +82,8 @@ def configure(fmt: str = "text", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def set_level(level: str) -> None:
+    """Change the level at run time (a config reload)."""
+    logging.getLogger(_ROOT).setLevel(level.upper())

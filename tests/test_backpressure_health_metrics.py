@@ -20,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from gateway.batch import count_spans
+from gateway.telemetry import Metrics
 from tests.conftest import FIXTURES, read_records
 from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, spans_in, wait_for
 
@@ -36,7 +37,16 @@ def _request(n: int, tag: str) -> bytes:
 
 
 def metric(admin: str, name: str, **labels: str) -> float:
-    text = requests.get(f"{admin}/metrics", timeout=5).text
+    """The sum of the samples of `name` with these labels, scraped from a gateway's /metrics."""
+    return metric_in(requests.get(f"{admin}/metrics", timeout=5).text, name, **labels)
+
+
+def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
+    """The same, read from a `Metrics` registry in this process."""
+    return metric_in(metrics.render().decode(), name, **labels)
+
+
+def metric_in(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
@@ -119,7 +129,7 @@ def test_http_backpressure_503_with_retry_after(stuck) -> None:
     assert health["sinks"]["out"]["queue_depth"] >= 200 - 25
     assert health["sinks"]["out"]["queue_capacity"] == 200
     assert metric(gw.admin, "otelgate_receiver_refused_spans_total", protocol="http", reason="backpressure") >= 5
-    assert metric(gw.admin, "otelgate_sink_queue_capacity", sink="out") == 200
+    assert metric(gw.admin, "otelgate_sink_queue_capacity", sink="out", signal="traces") == 200
     # The reader comes back: everything accepted arrives, and the gateway takes data again.
     fifo.read_for(30)
     wait_for(lambda: requests.post(f"{gw.http}/v1/traces", data=_request(5, "after"), headers=PROTO, timeout=10).status_code == 200)
@@ -189,4 +199,5 @@ def test_health_and_metrics_after_traffic(gateway: GatewayProcess) -> None:
     from gateway import __version__
     assert health["status"] == "ok" and health["version"] == __version__
     assert health["uptime_s"] > 0
-    assert health["sinks"] == {"out": {"status": "ok", "queue_depth": 0, "queue_capacity": 100000, "last_error": None}}
+    assert health["sinks"]["out"] == {"status": "ok", "queue_depth": 0, "queue_capacity": 100000, "last_error": None}
+    assert set(health["sinks"]) == {"out", "out/logs", "out/metrics"}  # routes omitted: every signal to every sink

@@ -13,13 +13,17 @@ shared `Intake` once per request, so a config reload swaps the key set by assign
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
 import re
 from pathlib import Path
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from collections.abc import Iterable
+from typing import Any
+
 from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 
 from gateway.configtypes import StrictModel
@@ -76,10 +80,20 @@ class ApiKeyConfig(StrictModel):
         return self._secret
 
 
+class LangfuseKeyConfig(StrictModel):
+    """A Langfuse project's key pair, as the Langfuse SDK sends it (Basic auth), and its tenant."""
+
+    public_key: str = Field(min_length=1)
+    secret_key: SecretStr = Field(min_length=1)
+    tenant: str = Field(min_length=1, max_length=256)
+
+
 class AuthConfig(StrictModel):
     header: str = Field(
         BEARER_HEADER, description="`authorization` (the key as `Bearer <key>`), or a header carrying the raw key, such as x-api-key.")
-    keys: list[ApiKeyConfig] = Field(min_length=1)
+    keys: list[ApiKeyConfig] = Field(default_factory=list, description="OTLP API keys (required on the OTLP paths when `auth` is set).")
+    langfuse_keys: list[LangfuseKeyConfig] = Field(
+        default_factory=list, description="Key pairs accepted on the Langfuse-compatible path /api/public/otel/v1/traces.")
     tenant_attribute: str | None = Field(
         "otelgate.tenant", min_length=1, description="Resource attribute the key's tenant is written to; null: not written.")
 
@@ -93,12 +107,26 @@ class AuthConfig(StrictModel):
 
     @model_validator(mode="after")
     def _distinct_keys(self) -> "AuthConfig":
+        if not self.keys and not self.langfuse_keys:
+            raise ValueError("give keys (OTLP API keys) or langfuse_keys, or omit auth")
         first: dict[str, int] = {}
         for i, entry in enumerate(self.keys):
             j = first.setdefault(entry.secret(), i)
             if j != i:
                 raise ValueError(f"keys[{i}]: the same key as keys[{j}] (fingerprint {fingerprint(entry.secret())}); one key names one tenant")
         return self
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of an `Authorization: Basic ...` header, or None if it is not one."""
+    scheme, _, encoded = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep and user else None
 
 
 class Unauthenticated(Exception):
@@ -118,9 +146,28 @@ class Authenticator:
         self.tenant_attribute = config.tenant_attribute
         self._bearer = config.header == BEARER_HEADER
         self._keys = tuple((hashlib.sha256(k.secret().encode()).digest(), k.tenant) for k in config.keys)
+        self._langfuse = tuple((hashlib.sha256(f"{p.public_key}:{p.secret_key.get_secret_value()}".encode()).digest(), p.tenant)
+                               for p in config.langfuse_keys)
         self.fingerprints = tuple(fingerprint(k.secret()) for k in config.keys)
         self._how = "`authorization: Bearer <key>`" if self._bearer else f"the key in the `{config.header}` header"
         self._challenge = 'Bearer realm="otelgate"' if self._bearer else f'ApiKey header="{config.header}"'
+
+    def langfuse_tenant(self, header: str | None) -> tuple[str, tuple[str, str]]:
+        """The tenant and credentials of a Langfuse SDK's `Authorization: Basic` header; raise
+        `Unauthenticated` unless it is one of `langfuse_keys` (compared as the API keys are)."""
+        challenge = 'Basic realm="otelgate (Langfuse path)"'
+        credentials = basic_credentials(header)
+        if credentials is None:
+            raise Unauthenticated("missing Langfuse credentials: send Authorization: Basic base64(public_key:secret_key)",
+                                  challenge)
+        digest = hashlib.sha256(f"{credentials[0]}:{credentials[1]}".encode("utf-8", "surrogateescape")).digest()
+        tenant = None
+        for pair_digest, pair_tenant in self._langfuse:
+            if hmac.compare_digest(digest, pair_digest):
+                tenant = pair_tenant
+        if tenant is None:
+            raise Unauthenticated("unknown Langfuse key pair", challenge, fingerprint(credentials[1]))
+        return tenant, credentials
 
     def tenant(self, credential: str | None) -> str:
         """The tenant of the key in `credential` (the header's value); raise `Unauthenticated`."""
@@ -132,6 +179,8 @@ class Authenticator:
             token = token.strip()
         if not token:
             raise Unauthenticated(f"missing API key: send {self._how}", self._challenge)
+        if not self._keys:
+            raise Unauthenticated("no OTLP API keys are configured (auth.keys): only the Langfuse path is open", self._challenge)
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         tenant = None
         for key_digest, key_tenant in self._keys:  # every key, no early exit
@@ -142,10 +191,10 @@ class Authenticator:
         return tenant
 
 
-def stamp_tenant(request: ExportTraceServiceRequest, attribute: str, tenant: str) -> None:
-    """Write `attribute=tenant` on every resource, replacing whatever the sender put there:
-    the tenant is the key's to say, not the sender's."""
-    for rs in request.resource_spans:
+def stamp_tenant(resources: Iterable[Any], attribute: str, tenant: str) -> None:
+    """Write `attribute=tenant` on every resource (`request.resource_spans`, `resource_logs`...),
+    replacing whatever the sender put there: the tenant is the key's to say, not the sender's."""
+    for rs in resources:
         attributes = rs.resource.attributes
         for i in reversed(range(len(attributes))):
             if attributes[i].key == attribute:

@@ -11,17 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.batch import Batch, RequestContext, count_spans
 from gateway.config import Config
 from gateway.errors import Refused
 from gateway.logs import get_logger
-from gateway.otlp.validate import remove_invalid_spans
 from gateway.pipeline import Pipeline
-from gateway.receivers.auth import Authenticator, Unauthenticated, stamp_tenant
+from gateway.otlp.signals import TRACES, Signal
+from gateway.receivers.auth import Authenticator, Unauthenticated, basic_credentials, stamp_tenant
 from gateway.receivers.limits import LimitExceeded, Limits
 from gateway.telemetry import Metrics
 
@@ -73,6 +73,24 @@ class Intake:
             raise
         return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute)
 
+    def identify_langfuse(self, protocol: str, header: Callable[[str], str | None]) -> RequestContext:
+        """Who sent a request on the Langfuse-compatible path: its Basic auth key pair.
+
+        With `auth:`, the pair must be one of `auth.langfuse_keys` (its tenant is the data's);
+        without, any pair is taken (and may be forwarded) and the tenant header applies.
+        """
+        auth = self.auth
+        if auth is None:
+            return RequestContext(protocol, tenant=header(TENANT_HEADER),
+                                  credentials=basic_credentials(header("authorization")))
+        try:
+            tenant, credentials = auth.langfuse_tenant(header("authorization"))
+        except Unauthenticated as exc:
+            self._metrics.receiver_requests.labels(protocol, "unauthenticated").inc()
+            self._log_refusal(protocol, exc)
+            raise
+        return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute, credentials=credentials)
+
     def _log_refusal(self, protocol: str, exc: Unauthenticated) -> None:
         now = time.monotonic()
         if now - self._refusal_logged_at < _REFUSAL_LOG_EVERY_S:
@@ -84,16 +102,19 @@ class Intake:
         _log.warning("request refused: not authenticated", protocol=protocol, reason=str(exc), **fields)
         self._refusal_logged_at, self._refusals_unlogged = now, 0
 
-    async def accept(self, request: ExportTraceServiceRequest, context: RequestContext, raw: bytes | None = None) -> Accepted:
-        """Hand valid spans to the pipeline; raise `Refused` (nothing accepted) under backpressure,
-        `LimitExceeded` when a limit refuses the request.
+    async def accept(self, request: Any, context: RequestContext, raw: bytes | None = None,
+                     signal: Signal = TRACES) -> Accepted:
+        """Hand the valid items to the pipeline; raise `Refused` (nothing accepted) under
+        backpressure, `LimitExceeded` when a limit refuses the request.
 
-        `raw` is the protobuf encoding `request` was parsed from, if there was one.
+        `raw` is the protobuf encoding `request` was parsed from, if there was one. Limits are
+        span limits: they apply to traces.
         """
         protocol = context.protocol
         m = self._metrics
+        counters = m.signals[signal.name]
         limits = self.limits
-        if limits is not None:  # before span checks remove anything: limits read sizes from `raw`
+        if limits is not None and signal is TRACES:  # before span checks remove anything: limits read sizes from `raw`
             try:
                 truncated = limits.apply(request, raw)
             except LimitExceeded as exc:
@@ -104,21 +125,21 @@ class Intake:
                 for limit, spans in truncated.items():
                     m.receiver_truncated_spans.labels(protocol, limit).inc(spans)
                 raw = None
-        kept, rejected, message = remove_invalid_spans(request)
+        kept, rejected, message = signal.remove_invalid(request)
         if rejected:
-            m.receiver_rejected_spans.labels(protocol, "invalid_id").inc(rejected)
+            counters.receiver_rejected.labels(protocol, "invalid_id").inc(rejected)
             raw = None
         if kept and context.tenant_attribute is not None and context.tenant is not None:
-            stamp_tenant(request, context.tenant_attribute, context.tenant)
+            stamp_tenant(getattr(request, signal.resources_field), context.tenant_attribute, context.tenant)
             raw = None
         if kept:
             try:
-                await self._pipeline.consume(Batch(request, kept, context, raw))
+                await self._pipeline.consume(Batch(request, kept, context, raw, signal=signal))
             except Refused as exc:
-                m.receiver_refused_spans.labels(protocol, exc.reason).inc(kept)
+                counters.receiver_refused.labels(protocol, exc.reason).inc(kept)
                 m.receiver_requests.labels(protocol, "refused").inc()
                 raise
-            m.receiver_accepted_spans.labels(protocol).inc(kept)
+            counters.receiver_accepted.labels(protocol).inc(kept)
         m.receiver_requests.labels(protocol, "partial" if rejected else "accepted").inc()
         return Accepted(rejected, message)
 
@@ -130,10 +151,10 @@ class Intake:
         self._metrics.receiver_request_duration.labels(protocol).observe(seconds)
 
 
-def describe_decode_error(exc: DecodeError, what: str) -> str:
+def describe_decode_error(exc: DecodeError, what: str, signal: Signal = TRACES) -> str:
     """The answer to a protobuf `what` (body, message) that upb could not parse: its own text
     names only the type, so the one cause a sender cannot guess, nesting, is spelled out."""
     if "MaxDepth" in str(exc):
         return (f"invalid protobuf: the {what} nests deeper than the parser allows (100 messages: about "
                 "31 kvlists or 47 arrays in one attribute value)")
-    return f"invalid protobuf: the {what} is not an ExportTraceServiceRequest"
+    return f"invalid protobuf: the {what} is not an {signal.request.__name__}"

@@ -1,4 +1,5 @@
-"""OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on grpc.aio.
+"""OTLP/gRPC receiver: `TraceService/Export`, `LogsService/Export` and `MetricsService/Export`
+(`opentelemetry.proto.collector.*.v1`) on grpc.aio.
 
 The handler takes raw bytes and parses them itself, so a malformed message gets
 INVALID_ARGUMENT with a message (grpc's own deserializer would answer a bare INTERNAL). Messages
@@ -12,26 +13,23 @@ are INVALID_ARGUMENT, or RESOURCE_EXHAUSTED without `RetryInfo` (not retryable) 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from gateway.config import GrpcReceiverConfig
 from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
+from gateway.otlp.signals import SIGNALS, Signal
 from gateway.receivers.auth import Unauthenticated
 from gateway.receivers.intake import Intake, describe_decode_error
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import grpc_server_credentials
 
 PROTOCOL = "grpc"
-TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 def _status_details(code: grpc.StatusCode, message: str, retry_after: float) -> bytes:
@@ -55,8 +53,10 @@ class OtlpGrpcReceiver:
             ("grpc.max_receive_message_length", limit),
             ("grpc.so_reuseport", 0),
         ])
-        handler = grpc.unary_unary_rpc_method_handler(self._export_traces)  # bytes in, bytes out
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TRACE_SERVICE, {"Export": handler}),))
+        server.add_generic_rpc_handlers(tuple(
+            grpc.method_handlers_generic_handler(signal.grpc_method[1:].rsplit("/", 1)[0], {  # the service's full name
+                "Export": grpc.unary_unary_rpc_method_handler(partial(self._export, signal))})  # bytes in, bytes out
+            for signal in SIGNALS.values()))
         host, port = split_endpoint(self.config.endpoint)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
@@ -76,7 +76,7 @@ class OtlpGrpcReceiver:
             server, self._server = self._server, None
             await server.stop(grace)
 
-    async def _export_traces(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _export(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         try:
             metadata = _metadata(context)
@@ -85,23 +85,19 @@ class OtlpGrpcReceiver:
             except Unauthenticated as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             try:
-                export = ExportTraceServiceRequest.FromString(body)
+                export = signal.request.FromString(body)
             except DecodeError as exc:
                 self._intake.malformed(PROTOCOL, "malformed")
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe_decode_error(exc, "message"))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe_decode_error(exc, "message", signal))
             try:
-                accepted = await self._intake.accept(export, request_context, body)
+                accepted = await self._intake.accept(export, request_context, body, signal)
             except Refused as exc:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, str(exc), trailing_metadata=(
                     ("grpc-status-details-bin", _status_details(code, str(exc), exc.retry_after)),))
             except LimitExceeded as exc:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if exc.too_large else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            response = ExportTraceServiceResponse()
-            if accepted.rejected:
-                response.partial_success.rejected_spans = accepted.rejected
-                response.partial_success.error_message = accepted.error_message
-            return response.SerializeToString()
+            return signal.response_for(accepted.rejected, accepted.error_message).SerializeToString()
         finally:
             self._intake.observe_latency(PROTOCOL, time.perf_counter() - started)
 

@@ -1,4 +1,6 @@
-"""OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, as the OTLP specification says.
+"""OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs`, `/v1/metrics`, protobuf or JSON, as the
+OTLP specification says; and `POST /api/public/otel/v1/traces`, the path the Langfuse SDK
+exports to, authenticated with its Basic auth key pair (see `Intake.identify_langfuse`).
 
 Answers: 200 with an `ExportTraceServiceResponse` (with `partial_success` when spans were
 rejected), in the request's encoding; 400 malformed payload, 413 body too large (as sent or
@@ -12,20 +14,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 
 from aiohttp import web
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
+from gateway.batch import RequestContext
 from gateway.config import HttpReceiverConfig
 from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
 from gateway.otlp import compression
-from gateway.otlp.json_codec import OtlpJsonError, decode_traces, encode_message
+from gateway.otlp.json_codec import OtlpJsonError, encode_message
+from gateway.otlp.signals import SIGNALS, TRACES, Signal
 from gateway.receivers.auth import Unauthenticated
 from gateway.receivers.intake import Intake, describe_decode_error
 from gateway.receivers.limits import LimitExceeded
@@ -34,7 +36,9 @@ from gateway.receivers.tls import server_ssl_context
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 PROTOCOL = "http"
-TRACES_PATH = "/v1/traces"
+LANGFUSE_PATH = "/api/public/otel/v1/traces"
+
+Identify = Callable[[str, Callable[[str], "str | None"]], RequestContext]  # Intake.identify or identify_langfuse
 
 _GRPC_CODE_FOR_HTTP = {
     400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 413: code_pb2.RESOURCE_EXHAUSTED, 415: code_pb2.INVALID_ARGUMENT,
@@ -63,7 +67,9 @@ class OtlpHttpReceiver:
     def _app(self) -> web.Application:
         # client_max_size bounds the body as sent; decompression is bounded separately below.
         app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.router.add_post(TRACES_PATH, self._export_traces)
+        for signal in SIGNALS.values():
+            app.router.add_post(signal.http_path, partial(self._export, signal, self._intake.identify))
+        app.router.add_post(LANGFUSE_PATH, partial(self._export, TRACES, self._intake.identify_langfuse))
         return app
 
     async def start(self) -> None:
@@ -89,17 +95,17 @@ class OtlpHttpReceiver:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    async def _export_traces(self, request: web.Request) -> web.Response:
+    async def _export(self, signal: Signal, identify: Identify, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
-            return await self._handle(request)
+            return await self._handle(signal, identify, request)
         finally:
             self._intake.observe_latency(PROTOCOL, time.perf_counter() - started)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, signal: Signal, identify: Identify, request: web.Request) -> web.Response:
         content_type = request.content_type
         try:
-            context = self._intake.identify(PROTOCOL, request.headers.get)
+            context = identify(PROTOCOL, request.headers.get)
         except Unauthenticated as exc:
             return _error(401, str(exc), content_type != PROTOBUF, {"WWW-Authenticate": exc.challenge})
         if content_type not in (PROTOBUF, JSON):
@@ -125,22 +131,19 @@ class OtlpHttpReceiver:
             self._intake.malformed(PROTOCOL, "malformed")
             return _error(400, f"cannot decompress {encoding} body: {exc}", as_json)
         try:
-            export = decode_traces(body) if as_json else ExportTraceServiceRequest.FromString(body)
+            export = signal.decode_json(body) if as_json else signal.request.FromString(body)
         except OtlpJsonError as exc:
             self._intake.malformed(PROTOCOL, "malformed")
             return _error(400, f"invalid OTLP/JSON: {exc}", True)
         except DecodeError as exc:
             self._intake.malformed(PROTOCOL, "malformed")
-            return _error(400, describe_decode_error(exc, "body"), False)
+            return _error(400, describe_decode_error(exc, "body", signal), False)
         try:
-            accepted = await self._intake.accept(export, context, None if as_json else body)
+            accepted = await self._intake.accept(export, context, None if as_json else body, signal)
         except Refused as exc:
             status = 429 if isinstance(exc, RateLimited) else 503
             return _error(status, str(exc), as_json, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
         except LimitExceeded as exc:
             return _error(413 if exc.too_large else 400, str(exc), as_json)
-        response = ExportTraceServiceResponse()
-        if accepted.rejected:
-            response.partial_success.rejected_spans = accepted.rejected
-            response.partial_success.error_message = accepted.error_message
+        response = signal.response_for(accepted.rejected, accepted.error_message)
         return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)

@@ -38,18 +38,7 @@ class HeadSampler:
         for rs in batch.request.resource_spans:
             for ss in rs.scope_spans:
                 spans = ss.spans
-                drop: list[int] = []
-                for i, span in enumerate(spans):
-                    priority = _priority(span)
-                    if priority is not None:
-                        decision = priority > 0
-                    else:
-                        decision = keep(span.trace_id, span.trace_state, reject_below)
-                    if decision:
-                        if priority is None and reject_below:
-                            span.trace_state = with_threshold(span.trace_state, reject_below)
-                    else:
-                        drop.append(i)
+                drop = [i for i, span in enumerate(spans) if not decide(span, reject_below)]
                 for i in reversed(drop):
                     del spans[i]
                 dropped_total += len(drop)
@@ -60,6 +49,21 @@ class HeadSampler:
         self._kept.inc(kept_total)
         self._dropped.inc(dropped_total)
         return batch
+
+
+def decide(span: Span, reject_below: int, mark: bool = True) -> bool:
+    """Keep `span`? `sampling.priority` decides if present; else the trace id against the threshold.
+
+    A span kept by the threshold gets `ot=th:` in its tracestate (when `mark`).
+    """
+    priority = _priority(span)
+    if priority is not None:
+        return priority > 0
+    if not keep(span.trace_id, span.trace_state, reject_below):
+        return False
+    if mark and reject_below:
+        span.trace_state = with_threshold(span.trace_state, reject_below)
+    return True
 
 
 def _priority(span: Span) -> int | None:

@@ -533,7 +533,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"protocol": args.protocol, "clients_per_protocol": args.clients, "concurrency": args.concurrency,
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
-                   "llm_share": args.llm_share, "processors": not args.no_processors,
+                   "llm_share": args.llm_share, "processors": not args.no_processors, "redact": args.redact,
                    "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
                    "sink_path": "/dev/null" if args.discard else "file in a temp dir",
                    "limits": json.loads(args.limits) if args.limits else None},
@@ -560,6 +560,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.no_processors:
         config["pipeline"] = {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")}
+    if args.redact:
+        config.setdefault("pipeline", {})["redact"] = {
+            "enabled": True, "content": args.redact, "hash_secret": "bench-secret-0123456789"}
     if args.limits:
         config["limits"] = json.loads(args.limits)
     receiver = None
@@ -723,7 +726,8 @@ def report(r: dict[str, Any]) -> str:
         f"({r['request_bytes_avg'] / 1024:.0f} KiB avg), file sink format {c['sink_format']} -> {c['sink_path']}",
         f"spans: {c['llm_share']:.0%} LLM (fixtures), the rest ordinary HTTP/DB; processors "
         f"{'normalize, price, llm_metrics' if c['processors'] else 'off'}; sink {c['sink']}, "
-        f"{c['queue']} queue" + (f" (fsync {c['fsync']})" if c['fsync'] else ""),
+        f"{c['queue']} queue" + (f" (fsync {c['fsync']})" if c['fsync'] else "")
+        + (f"; redact, content {c['redact']}" if c.get("redact") else ""),
         f"machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}. The client processes share these "
         f"cores with the gateway,",
         "  so spans/s below is bounded by the clients too; the per-core figure (gateway CPU only) is not.",
@@ -796,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsync", choices=("always", "batch", "never"), default="batch", help="disk queue fsync")
     parser.add_argument("--no-processors", action="store_true",
                         help="disable normalize, price and llm_metrics (receive -> sink only)")
+    parser.add_argument("--redact", choices=("keep", "drop", "hash", "truncate"),
+                        help="enable pipeline.redact (all detectors) with this content mode")
     parser.add_argument("--format", choices=("proto", "json"), default="proto", help="file sink format")
     parser.add_argument("--limits", metavar="JSON",
                         help='the gateway\'s `limits:` as JSON, e.g. \'{"max_attributes_per_span": 128}\'')

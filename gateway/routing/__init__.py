@@ -1,0 +1,1 @@
+"""Routing: which sinks each span goes to (`routes:`), decided by `match` conditions."""
