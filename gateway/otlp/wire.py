@@ -53,7 +53,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(field number, start, end) of each length-delimited field in buf[pos:end]; others skipped."""
     while pos < end:
-        tag, pos = _varint(buf, pos)
+        tag = buf[pos]  # one byte for the fields read here; _varint for longer ones
+        tag, pos = (tag, pos + 1) if tag < 0x80 else _varint(buf, pos)
         wire_type = tag & 7
         if wire_type == _LEN:
             length, pos = _varint(buf, pos)

@@ -98,7 +98,9 @@ class Limits:
         sizes = self._span_sizes(raw)
         if sizes is None and not self._count_or_depth:
             return truncated  # the usual case with a value limit alone: no span is large enough
-        max_depth = self.max_depth
+        max_depth, max_attributes = self.max_depth, self.max_attributes
+        max_value_bytes = self.max_value_bytes or 0
+        every_span = self.max_events is not None or max_depth is not None
         for rs in request.resource_spans:
             if max_depth is not None:
                 _check_depth(rs.resource.attributes, max_depth, None)
@@ -106,7 +108,12 @@ class Limits:
                 if max_depth is not None:
                     _check_depth(ss.scope.attributes, max_depth, None)
                 for span in ss.spans:
-                    cut = self._apply_to_span(span, next(sizes) if sizes is not None else 0)
+                    size = next(sizes) if sizes is not None else 0
+                    # The cheap checks inline; the rest only for spans that may be over a limit.
+                    if not (every_span or (size is None or size > max_value_bytes)
+                            or (max_attributes is not None and len(span.attributes) > max_attributes)):
+                        continue
+                    cut = self._apply_to_span(span, size)
                     if cut:
                         _mark_truncated(span)
                         for limit in cut:
