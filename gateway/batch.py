@@ -1,7 +1,7 @@
 """The unit that flows through the pipeline: one decoded export request and its item count.
 
-A batch carries one signal (`signal`: traces, logs or metrics); `spans` counts its items: spans,
-or log records, or metric data points.
+A batch carries one signal (`signal`: traces, logs or metrics); `items` counts what it carries:
+spans, log records or metric data points.
 
 A batch is decoded once by a receiver and encoded at most once by each sink. Processors edit
 the request in place; sinks only read it (a sink that must change spans copies them first),
@@ -45,7 +45,7 @@ class RequestContext:
 @dataclass(slots=True)
 class Batch:
     request: ExportTraceServiceRequest  # or ExportLogsServiceRequest / ExportMetricsServiceRequest, per `signal`
-    spans: int  # items: spans, log records or metric data points
+    items: int  # spans, log records or metric data points
     context: RequestContext
     raw: bytes | None = None
     llm_calls: "list[LlmCall] | None" = None  # set by the normalizer: one per provider call

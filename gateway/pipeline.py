@@ -126,14 +126,14 @@ class Pipeline:
         traces = batch.signal is TRACES
         for process in flow.processors if traces else flow.chains[batch.signal.name]:
             batch = process(batch)
-        if traces and flow.buffer is not None and batch.spans:
+        if traces and flow.buffer is not None and batch.items:
             flow.buffer.add(batch)  # reads the LLM calls' usage for the cost and token policies
             batch.llm_calls = None
             return
         # Sinks read spans, not the processors' notes; and live references to protobuf
         # sub-messages make every later protobuf access slower while the batch waits in queues.
         batch.llm_calls = None
-        if not batch.spans:
+        if not batch.items:
             return  # everything was sampled out (counted there)
         deliveries = flow.routers[batch.signal.name].route(batch)
         if not deliveries:

@@ -36,7 +36,7 @@ class ScriptedSink:
         await self.gate.wait()
         if self.failures:
             raise self.failures.pop(0)
-        self.sent.append([b.spans for b in batches])
+        self.sent.append([b.items for b in batches])
         return self.rejected
 
     async def shutdown(self) -> None:

@@ -73,7 +73,7 @@ def _where(router: Router, req: ExportTraceServiceRequest, tenant: str | None = 
     """Sink -> names of the spans it gets."""
     out: dict[str, set[str]] = {}
     for part, sinks in router.route(Batch(req, count_spans(req), RequestContext("test", tenant=tenant))):
-        assert part.spans == count_spans(part.request)
+        assert part.items == count_spans(part.request)
         names = {s.name for rs in part.request.resource_spans for ss in rs.scope_spans for s in ss.spans}
         for sink in sinks:
             assert not names & out.get(sink, set()), "a sink got a span twice"  # type: ignore[call-overload]

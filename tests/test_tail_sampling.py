@@ -172,7 +172,7 @@ def test_spans_of_a_trace_wait_for_each_other_and_the_root_ends_the_wait_early()
     assert h.buffer.decide_due(now=t1 + 0.5) == 0
     assert h.buffer.decide_due(now=t1 + 1.01) == 1  # root + idle
     assert h.kept_traces() == {tid}
-    assert sum(b.spans for b in h.out) == 3  # the children and the root, together
+    assert sum(b.items for b in h.out) == 3  # the children and the root, together
     assert h.buffer.decide_due(now=t0 + 10.01) == 1  # no root: the full wait
 
 
@@ -187,7 +187,7 @@ def test_late_spans_follow_the_decision() -> None:
     late.MergeFrom(_trace(kept, spans=1, root=False))
     late.MergeFrom(_trace(dropped, spans=1, root=False))
     h.add(late)
-    assert h.kept_traces() == {kept} and sum(b.spans for b in h.out) == 1  # at once, no waiting
+    assert h.kept_traces() == {kept} and sum(b.items for b in h.out) == 1  # at once, no waiting
     assert h.metric("otelgate_tail_late_spans_total", decision="kept") == 1
     assert h.metric("otelgate_tail_late_spans_total", decision="dropped") == 1
     assert h.buffer.traces == 0
@@ -223,7 +223,7 @@ def test_written_traces_are_the_spans_received_with_resource_scope_and_tenant() 
     for batch in h.out:
         assert batch.raw == batch.request.SerializeToString() or ExportTraceServiceRequest.FromString(batch.raw) == batch.request
         got = {s.SerializeToString() for rs in batch.request.resource_spans for ss in rs.scope_spans for s in ss.spans}
-        assert got == sent[batch.context.tenant] and batch.spans == len(got)
+        assert got == sent[batch.context.tenant] and batch.items == len(got)
         for rs in batch.request.resource_spans:
             assert rs.schema_url == "https://opentelemetry.io/schemas/1.26.0"
             assert rs.resource.attributes[0].value.string_value.startswith("svc")

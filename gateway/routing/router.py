@@ -105,7 +105,7 @@ class Router:
         if self._level == REQUEST and not self._trace_routes and not self._sampled:
             taken = self._select(Subject(tenant=batch.context.tenant), frozenset())
             if not taken:
-                self._no_route.inc(batch.spans)
+                self._no_route.inc(batch.items)
                 return []
             return self._redacted(batch, taken, self._targets(taken))
         if self.signal is not TRACES:
@@ -214,7 +214,7 @@ class Router:
                 continue
             request = part.signal.request()
             request.CopyFrom(part.request)
-            copy = Batch(request, part.spans, part.context, signal=part.signal)
+            copy = Batch(request, part.items, part.context, signal=part.signal)
             out.append((self._redactors[i](copy), tuple(group)))
         return out
 

@@ -45,7 +45,7 @@ class HeadSampler:
                 kept_total += len(spans)
         if dropped_total or reject_below:
             batch.raw = None
-        batch.spans = kept_total
+        batch.items = kept_total
         self._kept.inc(kept_total)
         self._dropped.inc(dropped_total)
         return batch

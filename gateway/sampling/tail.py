@@ -409,7 +409,7 @@ class TraceBuffer:
             try:
                 self._emit(batch)
             except Exception:  # never lose the ticker over one batch; the emitter counts its drops
-                _log.error("could not hand on decided traces", exc_info=True, spans=batch.spans)
+                _log.error("could not hand on decided traces", exc_info=True, spans=batch.items)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ class SinkDriver:
             return False
         if self._depth == 0:
             return True
-        if self._depth + batch.spans > self.capacity:
+        if self._depth + batch.items > self.capacity:
             return False
         return self._wal is None or self._disk_room(batch)
 
@@ -118,7 +118,7 @@ class SinkDriver:
         if self.when_full != "drop_oldest" or self._closing:
             return False
         in_flight = self._depth - self._queued_spans
-        return in_flight == 0 or in_flight + batch.spans <= self.capacity
+        return in_flight == 0 or in_flight + batch.items <= self.capacity
 
     def put(self, batch: Batch) -> "asyncio.Future[int] | None":
         """Enqueue `batch`, or apply `when_full` if there is no room (the caller decided not to refuse).
@@ -127,18 +127,18 @@ class SinkDriver:
         answers its client only once it is done.
         """
         if self._closing:
-            self.drop(batch.spans, "shutdown")
+            self.drop(batch.items, "shutdown")
             return None
         if not self.has_room(batch):
             if self.when_full == "drop_oldest":
                 while self._queue and not self.has_room(batch):
                     old = self._queue.popleft()
-                    self._queued_spans -= old.batch.spans
-                    self._depth -= old.batch.spans
-                    self.drop(old.batch.spans, "queue_full")
+                    self._queued_spans -= old.batch.items
+                    self._depth -= old.batch.items
+                    self.drop(old.batch.items, "queue_full")
                     self._ack(old)
             if not self.has_room(batch):
-                self.drop(batch.spans, "queue_full")
+                self.drop(batch.items, "queue_full")
                 return None
         entry = _Entry(batch)
         if self._wal is not None:
@@ -147,8 +147,8 @@ class SinkDriver:
             self._first_arrival = time.monotonic()
             self._wakeup.set()
         self._queue.append(entry)
-        self._queued_spans += batch.spans
-        self._depth += batch.spans
+        self._queued_spans += batch.items
+        self._depth += batch.items
         if self._queued_spans >= self.config.batch.max_spans:
             self._wakeup.set()
         return entry.appended
@@ -159,7 +159,7 @@ class SinkDriver:
         body = entry.batch.serialized()
         entry.disk_bytes = len(body) + _RECORD_OVERHEAD
         self._disk_bytes += entry.disk_bytes
-        future = asyncio.get_running_loop().run_in_executor(self._disk, self._wal.append, body, entry.batch.spans)
+        future = asyncio.get_running_loop().run_in_executor(self._disk, self._wal.append, body, entry.batch.items)
 
         def appended(f: "asyncio.Future[int]") -> None:
             if not f.cancelled() and f.exception() is None:
@@ -275,11 +275,11 @@ class SinkDriver:
 
     def _take(self, max_spans: int) -> list[_Entry]:
         taken = [self._queue.popleft()]
-        spans = taken[0].batch.spans
-        while self._queue and spans + self._queue[0].batch.spans <= max_spans:
+        spans = taken[0].batch.items
+        while self._queue and spans + self._queue[0].batch.items <= max_spans:
             entry = self._queue.popleft()
             taken.append(entry)
-            spans += entry.batch.spans
+            spans += entry.batch.items
         self._queued_spans -= spans
         if self._queue:
             self._first_arrival = time.monotonic()
@@ -291,7 +291,7 @@ class SinkDriver:
             if not entries:
                 return
         batches = [e.batch for e in entries]
-        spans = sum(b.spans for b in batches)
+        spans = sum(b.items for b in batches)
         retry = self.config.retry
         started = time.monotonic()
         attempt = 0
@@ -363,9 +363,9 @@ class SinkDriver:
         return kept
 
     def _lost(self, entry: _Entry, reason: str, detail: str) -> None:
-        self._depth -= entry.batch.spans
+        self._depth -= entry.batch.items
         self.last_error = detail
-        self.drop(entry.batch.spans, reason, detail)
+        self.drop(entry.batch.items, reason, detail)
 
     def _fail(self, spans: int, error: str, status: str) -> None:
         self._failed.inc(spans)

@@ -176,13 +176,13 @@ def split(batches: Sequence[Batch], max_bytes: int, max_spans: int) -> list[list
     size = spans = 0
     for i, batch in enumerate(batches):
         n = len(batch.serialized())
-        if groups and (not max_bytes or size + n <= max_bytes) and (not max_spans or spans + batch.spans <= max_spans):
+        if groups and (not max_bytes or size + n <= max_bytes) and (not max_spans or spans + batch.items <= max_spans):
             groups[-1].append(i)
             size += n
-            spans += batch.spans
+            spans += batch.items
         else:
             groups.append([i])
-            size, spans = n, batch.spans
+            size, spans = n, batch.items
     return groups
 
 
@@ -361,7 +361,7 @@ class OtlpSink:
         for g, group in enumerate(groups):
             if g in self._done:
                 continue
-            spans = sum(batches[i].spans for i in group)
+            spans = sum(batches[i].items for i in group)
             body = b"".join(batches[i].serialized() for i in group)
             try:
                 rejected = await (self._send_http(body) if self._session is not None else self._send_grpc(body))

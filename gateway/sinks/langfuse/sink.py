@@ -118,7 +118,7 @@ class LangfuseSink:
                 self._done.add(i)
         self._pending, self._done = None, set()
         if homeless:
-            return Rejected(sum(b.spans for b in homeless), "no Langfuse key pair: the data did not come in on the "
+            return Rejected(sum(b.items for b in homeless), "no Langfuse key pair: the data did not come in on the "
                             "Langfuse path and the sink has no public_key/secret_key")
         return None
 
