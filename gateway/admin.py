@@ -2,12 +2,18 @@
 
 /health answers 503 `unavailable` while the gateway starts or drains, so a load balancer stops
 sending before listeners close; otherwise 200 with `ok`, or `degraded` while any sink is failing.
+
+With `admin.token`, every other path needs `Authorization: Bearer <token>` (401 otherwise);
+/health stays open for probes. The token is read from the config on each request, so a reload
+that swaps `config` changes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -17,6 +23,8 @@ from gateway import __version__
 from gateway.config import AdminConfig
 from gateway.configtypes import split_endpoint
 from gateway.telemetry import Metrics
+
+_OPEN_PATHS = frozenset({"/health"})  # probes need no token
 
 
 class AdminServer:
@@ -32,7 +40,7 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._require_token])
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics_text)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -50,6 +58,19 @@ class AdminServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    @web.middleware
+    async def _require_token(self, request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        token = self.config.token
+        if token is not None and request.path not in _OPEN_PATHS:
+            scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
+            sent_digest = hashlib.sha256(sent.strip().encode("utf-8", "surrogateescape")).digest()
+            expected = hashlib.sha256(token.get_secret_value().encode()).digest()
+            if not hmac.compare_digest(sent_digest, expected) or scheme.lower() != "bearer":
+                return web.Response(status=401, text="send Authorization: Bearer <admin.token>\n",
+                                    headers={"WWW-Authenticate": 'Bearer realm="otelgate-admin"'})
+        return await handler(request)
 
     def health(self) -> tuple[int, dict[str, object]]:
         sinks = self._sinks_health()

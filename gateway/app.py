@@ -33,6 +33,7 @@ _log = get_logger("gateway")
 
 class Receiver(Protocol):
     endpoint: str
+    tls_mode: str  # off | tls | mtls
 
     async def start(self) -> None: ...
 
@@ -63,7 +64,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
         self.pipeline = Pipeline(config, self.metrics, processors)
-        intake = Intake(self.pipeline, self.metrics)
+        self.intake = intake = Intake(self.pipeline, self.metrics)
+        intake.configure(config)  # API keys and limits; a reload calls it again
         self.receivers: dict[str, Receiver] = {}
         if config.receivers.grpc is not None:
             self.receivers["OTLP/gRPC"] = OtlpGrpcReceiver(config.receivers.grpc, intake)
@@ -81,7 +83,7 @@ class Gateway:
             for name, receiver in self.receivers.items():
                 await receiver.start()
                 self._started.append(name)
-                _log.info(f"{name} listening", endpoint=receiver.endpoint)
+                _log.info(f"{name} listening", endpoint=receiver.endpoint, tls=receiver.tls_mode)
         except BaseException:
             await self.stop()
             raise
@@ -101,8 +103,8 @@ class Gateway:
     async def reload(self, reason: str) -> bool:
         """Load the config file again and switch to it if valid; else keep running the old one.
 
-        Receivers and the admin endpoint keep their running settings (changing them needs a
-        restart, which is logged); everything else switches.
+        Receivers and the admin endpoint keep their listeners (changing them needs a restart,
+        which is logged); everything else switches, API keys and the admin token included.
         """
         if self.config_path is None:
             _log.info("reload requested but no config file was given (embedded default)", reason=reason)
@@ -123,9 +125,10 @@ class Gateway:
                 self.config_status.last_error = None
                 _log.info("config unchanged", reason=reason)
                 return True
-            for key in ("receivers", "admin"):
-                if getattr(config, key) != getattr(self.config, key):
-                    _log.warning(f"config: {key} changed; that takes a restart (kept the running {key})")
+            if config.receivers != self.config.receivers:
+                _log.warning("config: receivers changed; that takes a restart (kept the running receivers)")
+            if config.admin.endpoint != self.config.admin.endpoint:
+                _log.warning("config: admin.endpoint changed; that takes a restart (kept the running endpoint)")
             try:
                 await self.pipeline.reload(config, config.service.shutdown_grace)
             except Exception as exc:
@@ -133,6 +136,8 @@ class Gateway:
                 self.metrics.config_reloads.labels("failed").inc()
                 _log.error("config reload failed; the running config stays", reason=reason, error=str(exc))
                 return False
+            self.intake.configure(config)  # API keys and limits
+            self.admin.config = config.admin  # the token (its endpoint is bound already)
             self.config = config
             status = self.config_status
             status.generation += 1

@@ -1,4 +1,7 @@
-"""The unit that flows through the pipeline: one decoded export request and its span count.
+"""The unit that flows through the pipeline: one decoded export request and its item count.
+
+A batch carries one signal (`signal`: traces, logs or metrics); `spans` counts its items: spans,
+or log records, or metric data points.
 
 A batch is decoded once by a receiver and encoded at most once by each sink. Processors edit
 the request in place; sinks only read it (a sink that must change spans copies them first),
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from gateway.otlp.signals import TRACES, Signal, count_spans
+
 if TYPE_CHECKING:
     from gateway.llm.call import LlmCall
 
@@ -31,19 +36,23 @@ class RequestContext:
     protocol: str
     headers: dict[str, str] = field(default_factory=dict)
     tenant: str | None = None  # who sent it; routes match on it (`tenant:`)
+    tenant_attribute: str | None = None  # set when an API key named the tenant: the resource attribute to write it to
+    # Langfuse credentials (public key, secret key) the sender authenticated with on the Langfuse
+    # path; a `langfuse` sink with `forward_credentials` sends with them.
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
 class Batch:
-    request: ExportTraceServiceRequest
-    spans: int
+    request: ExportTraceServiceRequest  # or ExportLogsServiceRequest / ExportMetricsServiceRequest, per `signal`
+    spans: int  # items: spans, log records or metric data points
     context: RequestContext
     raw: bytes | None = None
     llm_calls: "list[LlmCall] | None" = None  # set by the normalizer: one per provider call
+    signal: Signal = TRACES
 
     def serialized(self) -> bytes:
         return self.raw if self.raw is not None else self.request.SerializeToString()
 
 
-def count_spans(request: ExportTraceServiceRequest) -> int:
-    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+__all__ = ["Batch", "RequestContext", "count_spans"]

@@ -28,7 +28,9 @@ def _summary(config: Config) -> str:
             what = "(everything)"
         else:
             what = ", ".join(f"{k}={v}" for k, v in route.match.items())
-        extras = [x for x in (f"by {route.by}" if route.by == "trace" else "", "continue" if route.continue_ else "",
+        extras = [x for x in ("+".join(route.signals) if route.signals != ["traces"] else "",
+                              f"by {route.by}" if route.by == "trace" else "", "continue" if route.continue_ else "",
+                              "redacted" if route.redact else "",
                               f"sampled {route.sampling.head.percentage:g}%" if route.sampling else "") if x]
         lines.append(f"  {route.name}  {what}{' [' + ', '.join(extras) + ']' if extras else ''} -> {', '.join(route.sinks)}")
     if config.sampling.head is not None:

@@ -13,16 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, SecretStr, ValidationError, create_model, model_validator
 
 from gateway import registry
+from gateway.processors import redact
 from gateway.configtypes import ByteSize, Duration, Endpoint, StrictModel
-from gateway.routing.match import SPAN, MatchError, compile_match
+from gateway.routing.match import SCOPE, SPAN, MatchError, compile_match
+from gateway.receivers.auth import AuthConfig
+from gateway.receivers.limits import LimitsConfig
+from gateway.receivers.tls import ServerTlsConfig
 from gateway.sampling.head import HeadConfig
 from gateway.sampling.tail import POLICY_TYPES, TailConfig
 
 _ENV = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = r"^[A-Za-z0-9_.-]+$"
+SIGNAL_NAMES = ("traces", "logs", "metrics")
+SignalName = Literal["traces", "logs", "metrics"]
 
 
 class ConfigError(Exception):
@@ -36,12 +42,14 @@ class ConfigError(Exception):
 class GrpcReceiverConfig(StrictModel):
     endpoint: Endpoint = "0.0.0.0:4317"
     max_message_bytes: ByteSize = Field(4 * 1024 * 1024, gt=0)
+    tls: ServerTlsConfig | None = Field(None, description="Omitted: plain text.")
 
 
 class HttpReceiverConfig(StrictModel):
     endpoint: Endpoint = "0.0.0.0:4318"
     max_body_bytes: ByteSize = Field(
         20 * 1024 * 1024, gt=0, description="Bounds the body as sent and again after decompression (gzip bombs).")
+    tls: ServerTlsConfig | None = Field(None, description="Omitted: plain text.")
 
 
 class ReceiversConfig(StrictModel):
@@ -59,12 +67,20 @@ class ReceiversConfig(StrictModel):
 
 class AdminConfig(StrictModel):
     endpoint: Endpoint = "127.0.0.1:13133"
+    token: SecretStr | None = Field(
+        None, min_length=1, description="When set, every path but /health needs `Authorization: Bearer <token>`.")
 
 
 class RouteSamplingConfig(StrictModel):
     """A route's own sampling, applied to what the route takes (tail sampling is global only)."""
 
     head: HeadConfig
+
+
+class RouteRedactConfig(redact.Config):
+    """`pipeline.redact` settings for one route's copy; present means on."""
+
+    enabled: bool = True
 
 
 class RouteConfig(StrictModel):
@@ -74,7 +90,10 @@ class RouteConfig(StrictModel):
     continue_: bool = Field(False, alias="continue", description="Keep evaluating the routes below (fan-out).")
     default: bool = Field(False, description="Takes what no other route took.")
     by: Literal["span", "trace"] = Field("span", description="trace: a match on any span takes the whole trace.")
-    sampling: RouteSamplingConfig | None = None
+    sampling: RouteSamplingConfig | None = Field(None, description="Applies to the traces the route takes.")
+    signals: list[SignalName] = Field(["traces"], min_length=1, description="What the route carries.")
+    redact: RouteRedactConfig | None = Field(
+        None, description="Redact what this route sends (a copy: other routes see the data as it was).")
 
 
 class SamplingConfig(StrictModel):
@@ -105,6 +124,8 @@ class Config(StrictModel):
         None, description="Ordered; a route without `match` takes everything. Omitted: one route to every sink.")
     pipeline: PipelineConfig = PipelineConfig()  # type: ignore[valid-type]
     sampling: SamplingConfig = SamplingConfig()
+    auth: AuthConfig | None = Field(None, description="API keys the receivers require; omitted: anyone may send.")
+    limits: LimitsConfig | None = Field(None, description="Bounds on what one request may hold; omitted: none.")
     service: ServiceConfig = ServiceConfig()
 
     @model_validator(mode="after")
@@ -120,38 +141,57 @@ class Config(StrictModel):
     def _route_errors(self) -> list[str]:
         errors: list[str] = []
         seen: set[str] = set()
-        takes_all: int | None = None  # a route that takes everything and stops
-        defaults = []
+        takes_all: dict[str, int] = {}  # signal -> a route that takes all of it and stops
+        defaults: dict[str, list[int]] = {}
         for i, route in enumerate(self.routes or ()):
             at = f"routes[{i}]"
             if route.name in seen:
                 errors.append(f"{at}.name: duplicate route name {route.name!r}")
             seen.add(route.name)
+            if len(set(route.signals)) != len(route.signals):
+                errors.append(f"{at}.signals: a signal is listed twice")
             for j, sink in enumerate(route.sinks):
                 if sink not in self.sinks:
                     errors.append(f"{at}.sinks[{j}]: no sink named {sink!r} (sinks: {', '.join(sorted(self.sinks))})")
+                    continue
+                kind = self.sinks[sink].type
+                carried = registry.SINKS[kind].SIGNALS
+                missing = [sig for sig in route.signals if sig not in carried]
+                if missing:
+                    errors.append(f"{at}.sinks[{j}]: sink {sink!r} (type {kind}) carries {', '.join(carried)} only, "
+                                  f"not {', '.join(missing)}: give those signals a route of their own")
             level = 0
             if route.match is not None:
                 try:
                     level = compile_match(route.match, f"{at}.match").level
                 except MatchError as exc:
                     errors.extend(exc.errors)
+            others = [sig for sig in route.signals if sig != "traces"]
+            if others and level > SCOPE:
+                errors.append(f"{at}.match: conditions on spans (span.*, name, status) apply to traces only, and this "
+                              f"route also carries {', '.join(others)}: give those a route of their own")
+            if others and route.by == "trace":
+                errors.append(f"{at}.by: by: trace applies to traces only; this route also carries {', '.join(others)}")
             if route.default:
-                defaults.append(i)
+                for sig in route.signals:
+                    defaults.setdefault(sig, []).append(i)
                 if route.match is not None:
                     errors.append(f"{at}.match: a default route takes what no other route took; it has no match")
                 continue
-            if takes_all is not None:
-                errors.append(f"{at}: unreachable: routes[{takes_all}] has no match and takes everything "
-                              "(give it `continue: true` to fan out)")
-            elif route.match is None and not route.continue_:
-                takes_all = i
+            for sig in route.signals:
+                if sig in takes_all:
+                    errors.append(f"{at}: unreachable for {sig}: routes[{takes_all[sig]}] has no match and takes "
+                                  "everything (give it `continue: true` to fan out)")
+            for sig in route.signals:
+                if route.match is None and not route.continue_ and sig not in takes_all:
+                    takes_all[sig] = i
             if level == SPAN and route.by == "span" and any(
                     getattr(self.sinks.get(s), "type", None) == "langfuse" for s in route.sinks):
                 errors.append(f"{at}.by: this route matches single spans and sends to Langfuse, which would get "
                               "traces without their root span; use `by: trace`")
-        for i in defaults[1:]:
-            errors.append(f"routes[{i}].default: only one route can be the default (routes[{defaults[0]}] is)")
+        for sig, indices in defaults.items():
+            for i in indices[1:]:
+                errors.append(f"routes[{i}].default: only one default route per signal ({sig}: routes[{indices[0]}] is)")
         for i, policy in enumerate(self.sampling.tail.policies if self.sampling.tail else ()):
             if policy.type == "attribute":
                 try:
@@ -161,16 +201,35 @@ class Config(StrictModel):
         return errors
 
     def route_list(self) -> list[RouteConfig]:
-        return self.routes if self.routes is not None else [RouteConfig(name="default", sinks=sorted(self.sinks))]
+        """The routes; without `routes:`, every signal goes to every sink that carries it."""
+        if self.routes is not None:
+            return self.routes
+        out = []
+        for signal in SIGNAL_NAMES:
+            sinks = sorted(n for n, c in self.sinks.items() if signal in registry.SINKS[c.type].SIGNALS)
+            if sinks:
+                out.append(RouteConfig.model_validate(
+                    {"name": "default" if signal == "traces" else f"default.{signal}", "sinks": sinks, "signals": [signal]}))
+        return out
 
     def warnings(self) -> list[str]:
         routes = self.route_list()
         used = {s for r in routes for s in r.sinks}
         out = [f"sinks.{name}: not used by any route" for name in self.sinks if name not in used]
-        if not any(r.default or r.match is None for r in routes):
-            out.append("routes: data that matches no route is dropped (counted in "
-                       "otelgate_router_dropped_spans_total{reason=\"no_route\"}); add a route with `default: true` to keep it")
+        for signal in SIGNAL_NAMES:
+            carrying = [r for r in routes if signal in r.signals]
+            if not carrying:
+                out.append(f"routes: no route carries {signal}: {signal} sent to otelgate are dropped (counted in "
+                           f"otelgate_router_dropped_{_ITEMS[signal]}_total{{reason=\"no_route\"}}); "
+                           f"add `signals: [..., {signal}]` to a route to keep them")
+            elif not any(r.default or r.match is None for r in carrying):
+                out.append(f"routes: {signal} that match no route are dropped (counted in "
+                           f"otelgate_router_dropped_{_ITEMS[signal]}_total{{reason=\"no_route\"}}); "
+                           "add a route with `default: true` to keep them")
         return out
+
+
+_ITEMS = {"traces": "spans", "logs": "log_records", "metrics": "metric_points"}
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -211,11 +270,12 @@ def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = 
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys (receivers, sinks, routes...)"])
     errors: list[str] = []
-    raw = _expand(raw, "", os.environ if environ is None else environ, errors)
+    environ = os.environ if environ is None else environ
+    raw = _expand(raw, "", environ, errors)
     if errors:
         raise ConfigError(errors)
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"environ": environ})  # for keys named by `key_env`
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except ConfigError:

@@ -12,6 +12,10 @@ and replaced as a whole by a reload, so a batch never sees half of an old config
 a new one. Sinks whose settings did not change keep their queues and connections across a
 reload; removed or changed ones drain first.
 
+Each signal (traces, logs, metrics) has its own processor chain and router, and a sink has one
+driver (queue) per signal it is routed; logs and metrics go through the processors that declare
+them (redaction) and are never held in the trace buffer.
+
 With a trace buffer (tail sampling, or `by: trace` routes) a batch is accepted into memory and
 reaches the sinks when its trace is decided; a full sink queue then drops (counted), since the
 client was answered long before.
@@ -27,6 +31,7 @@ from gateway.batch import Batch
 from gateway.config import Config
 from gateway.errors import Refused
 from gateway.logs import get_logger
+from gateway.otlp.signals import SIGNALS, TRACES, Signal
 from gateway.processors import Processor, ProcessorContext
 from gateway.registry import PROCESSORS, SINKS
 from gateway.routing.router import Delivery, Router
@@ -44,10 +49,12 @@ class Flow:
     """What one config builds; `processors` and `buffer` may be carried over to the next."""
 
     config: Config
-    processors: tuple[Processor, ...]
+    processors: tuple[Processor, ...]  # for traces
     named: dict[str, tuple[object, Processor]]  # pipeline.<name> -> (its settings, the processor)
-    router: Router
+    router: Router  # for traces
     buffer: TraceBuffer | None
+    chains: dict[str, tuple[Processor, ...]]  # by signal name
+    routers: dict[str, Router]  # by signal name
     buffer_config: TailConfig | None = None
     retired: list[SinkDriver] = field(default_factory=list)
 
@@ -57,7 +64,7 @@ class Pipeline:
         """`processors` replaces the configured chain (tests inject one); None builds it from `pipeline:`."""
         self.metrics = metrics
         self._injected = tuple(processors) if processors is not None else None
-        self.drivers = {name: self._driver(name, cfg) for name, cfg in config.sinks.items()}
+        self.drivers = {d.key: d for d in (self._driver(name, cfg, signal) for name, cfg, signal in _needed(config))}
         self.flow = self._build(config, self.drivers, None)
         self._closing = False
         self._paused: asyncio.Event | None = None
@@ -65,11 +72,12 @@ class Pipeline:
         self._draining: set[asyncio.Task[None]] = set()
         metrics.watch_queues(self._queue_rows)
 
-    def _driver(self, name: str, cfg: object) -> SinkDriver:
-        return SinkDriver(name, SINKS[cfg.type].create(name, cfg), cfg, self.metrics)  # type: ignore[attr-defined]
+    def _driver(self, name: str, cfg: object, signal: Signal) -> SinkDriver:
+        sink = SINKS[cfg.type].create(name, cfg, signal)  # type: ignore[attr-defined]
+        return SinkDriver(name, sink, cfg, self.metrics, signal)  # type: ignore[arg-type]
 
-    def _queue_rows(self) -> Iterable[tuple[str, int, int]]:
-        return ((name, d.depth, d.capacity) for name, d in self.drivers.items())
+    def _queue_rows(self) -> Iterable[tuple[str, str, int, int]]:
+        return ((d.name, d.signal.name, d.depth, d.capacity) for d in self.drivers.values())
 
     def _build(self, config: Config, drivers: dict[str, SinkDriver], previous: Flow | None) -> Flow:
         named = previous.named if previous is not None else {}
@@ -77,10 +85,14 @@ class Pipeline:
             chain, named = list(self._injected), {}
         else:
             named = _named_processors(config, self.metrics, named)
-            chain = [p for _, p in named.values()]
-        if config.sampling.head is not None:
-            chain.append(HeadSampler(config.sampling.head, self.metrics))
-        router = Router(config.route_list(), drivers, self.metrics)
+            chain = _with_head_sampling(config, named, self.metrics)
+        chains = {sig: tuple(p for name, (_, p) in named.items() if sig in getattr(PROCESSORS[name], "SIGNALS", ("traces",)))
+                  for sig in ("logs", "metrics")}
+        chains["traces"] = tuple(chain)
+        routes = config.route_list()
+        routers = {sig.name: Router(routes, {d.name: d for d in drivers.values() if d.signal is sig}, self.metrics, sig)
+                   for sig in SIGNALS.values()}
+        router = routers["traces"]
         buffer_config = config.sampling.tail or (TailConfig() if router.by_trace else None)
         buffer = None
         if buffer_config is not None:
@@ -88,7 +100,7 @@ class Pipeline:
                 buffer = previous.buffer  # same settings: keep the traces it holds
             else:
                 buffer = TraceBuffer(buffer_config, self.metrics, self._deliver, Policies(buffer_config, self.metrics))
-        return Flow(config, tuple(chain), named, router, buffer, buffer_config)
+        return Flow(config, tuple(chain), named, router, buffer, chains, routers, buffer_config)
 
     async def start(self) -> None:
         started: list[SinkDriver] = []
@@ -111,9 +123,10 @@ class Pipeline:
         if self._closing:
             raise Refused("otelgate is shutting down; retry later", retry_after=_RETRY_AFTER_S)
         flow = self.flow
-        for process in flow.processors:
+        traces = batch.signal is TRACES
+        for process in flow.processors if traces else flow.chains[batch.signal.name]:
             batch = process(batch)
-        if flow.buffer is not None and batch.spans:
+        if traces and flow.buffer is not None and batch.spans:
             flow.buffer.add(batch)  # reads the LLM calls' usage for the cost and token policies
             batch.llm_calls = None
             return
@@ -122,7 +135,7 @@ class Pipeline:
         batch.llm_calls = None
         if not batch.spans:
             return  # everything was sampled out (counted there)
-        deliveries = flow.router.route(batch)
+        deliveries = flow.routers[batch.signal.name].route(batch)
         if not deliveries:
             return  # counted by the router
         self._serialize_for_disk(deliveries)
@@ -166,23 +179,24 @@ class Pipeline:
         old = self.flow
         drivers: dict[str, SinkDriver] = {}
         fresh: list[SinkDriver] = []
-        for name, cfg in config.sinks.items():
-            current = self.drivers.get(name)
+        for name, cfg, signal in _needed(config):
+            key = name if signal is TRACES else f"{name}/{signal.name}"
+            current = self.drivers.get(key)
             if current is not None and current.config == cfg:
-                drivers[name] = current
+                drivers[key] = current
             else:
-                drivers[name] = self._driver(name, cfg)
-                fresh.append(drivers[name])
-        retired = [d for name, d in self.drivers.items() if drivers.get(name) is not d]
+                drivers[key] = self._driver(name, cfg, signal)
+                fresh.append(drivers[key])
+        retired = [d for key, d in self.drivers.items() if drivers.get(key) is not d]
         for d in fresh:
-            _log.info("sink changed; restarting it" if d.name in self.drivers else "sink added", sink=d.name)
+            _log.info("sink changed; restarting it" if d.key in self.drivers else "sink added", sink=d.key)
         for d in retired:
-            if d.name not in drivers:
-                _log.info("sink removed; draining its queue", sink=d.name, spans=d.depth)
+            if d.key not in drivers:
+                _log.info("sink removed; draining its queue", sink=d.key, queued=d.depth)
         # A changed sink with a disk queue hands its log to its successor: stop taking data for
         # the moment it takes to close the old one (what it could not send stays in the log and
         # the new one sends it).
-        handover = [d for d in retired if d.durable and d.name in drivers and drivers[d.name].durable]
+        handover = [d for d in retired if d.durable and d.key in drivers and drivers[d.key].durable]
         if handover:
             self._paused = asyncio.Event()
         try:
@@ -196,7 +210,7 @@ class Pipeline:
             except BaseException:
                 await asyncio.gather(*(d.drain(0) for d in started), return_exceptions=True)
                 for d in handover:  # its log is intact: bring the old settings back
-                    revived = self.drivers[d.name] = self._driver(d.name, d.config)
+                    revived = self.drivers[d.key] = self._driver(d.name, d.config, d.signal)
                     await revived.start()
                 raise
             flow = self._build(config, drivers, old)
@@ -219,7 +233,7 @@ class Pipeline:
                 _close(process)
         for d in retired:
             if d not in handover:
-                task = asyncio.create_task(d.drain(grace), name=f"drain-{d.name}")
+                task = asyncio.create_task(d.drain(grace), name=f"drain-{d.key}")
                 self._draining.add(task)
                 task.add_done_callback(self._draining.discard)
 
@@ -236,15 +250,34 @@ class Pipeline:
             _close(process)
 
     def health(self) -> dict[str, dict[str, object]]:
-        return {name: d.health() for name, d in self.drivers.items()}
+        return {key: d.health() for key, d in self.drivers.items()}
+
+
+def _needed(config: Config) -> list[tuple[str, object, Signal]]:
+    """(sink, its config, signal) for each driver the config needs: traces for every sink that
+    carries them (used or not, as before routes existed), other signals where a route sends them."""
+    routed = {(sink, sig) for route in config.route_list() for sig in route.signals for sink in route.sinks}
+    out = []
+    for name, cfg in config.sinks.items():
+        carried = SINKS[cfg.type].SIGNALS
+        for signal in SIGNALS.values():
+            if signal.name in carried and (signal is TRACES or (name, signal.name) in routed):
+                out.append((name, cfg, signal))
+    return out
 
 
 def build_processors(config: Config, metrics: Metrics) -> list[Processor]:
-    """The chain a batch goes through for `config`: the enabled processors, then head sampling."""
-    chain = [p for _, p in _named_processors(config, metrics).values()]
-    if config.sampling.head is not None:
-        chain.append(HeadSampler(config.sampling.head, metrics))
-    return chain
+    """The chain a trace batch goes through for `config` (processors and head sampling)."""
+    return _with_head_sampling(config, _named_processors(config, metrics), metrics)
+
+
+def _with_head_sampling(config: Config, named: dict[str, tuple[object, Processor]], metrics: Metrics) -> list[Processor]:
+    """Head sampling goes after the processors that must see every span (the LLM metrics count
+    every call) and before those marked `AFTER_SAMPLING` (redaction: no work on dropped spans)."""
+    before = [p for name, (_, p) in named.items() if not getattr(PROCESSORS[name], "AFTER_SAMPLING", False)]
+    after = [p for name, (_, p) in named.items() if getattr(PROCESSORS[name], "AFTER_SAMPLING", False)]
+    head = [HeadSampler(config.sampling.head, metrics)] if config.sampling.head is not None else []
+    return [*before, *head, *after]
 
 
 def _named_processors(config: Config, metrics: Metrics,

@@ -1,17 +1,19 @@
 """Which module implements each part. Adding a sink or a processor is one module plus one line here.
 
-Sinks: `type:` -> a module exposing `Config` (a pydantic model with `type: Literal[<name>]`) and
-`create(name, config)`, in the manner of the Collector's component factories.
+Sinks: `type:` -> a module exposing `Config` (a pydantic model with `type: Literal[<name>]`),
+`SIGNALS` (the signals it carries: traces, logs, metrics) and `create(name, config, signal)`,
+in the manner of the Collector's component factories.
 
 Processors: `pipeline.<name>` -> a module exposing `Config` (with `enabled`) and
-`create(config, context)`. They run in the order listed here.
+`create(config, context)`, and optionally `SIGNALS` (default: traces only) and `AFTER_SAMPLING`
+(run after head sampling). They run in the order listed here.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.processors import llm_metrics, normalize, price
+from gateway.processors import llm_metrics, normalize, price, redact
 from gateway.sinks import file, otlp
 from gateway.sinks.langfuse import sink as langfuse
 
@@ -26,4 +28,5 @@ PROCESSORS: dict[str, ModuleType] = {
     "normalize": normalize,
     "price": price,
     "llm_metrics": llm_metrics,
+    "redact": redact,  # last: the others read model names and counts, never the content it changes
 }

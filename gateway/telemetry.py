@@ -27,17 +27,44 @@ _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 class _QueueGauges(Collector):
     """Reads queue depth and capacity at scrape time instead of updating gauges per batch."""
 
-    def __init__(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str, int, int]]]) -> None:
         self._source = source
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("otelgate_sink_queue_size", "Spans waiting in (or being sent from) a sink queue", labels=["sink"])
-        capacity = GaugeMetricFamily("otelgate_sink_queue_capacity", "Capacity of a sink queue in spans", labels=["sink"])
-        for name, size, cap in self._source():
-            depth.add_metric([name], size)
-            capacity.add_metric([name], cap)
+        depth = GaugeMetricFamily("otelgate_sink_queue_size", "Items (spans, log records, metric points) waiting in "
+                                  "(or being sent from) a sink queue", labels=["sink", "signal"])
+        capacity = GaugeMetricFamily("otelgate_sink_queue_capacity", "Capacity of a sink queue in items", labels=["sink", "signal"])
+        for name, signal, size, cap in self._source():
+            depth.add_metric([name, signal], size)
+            capacity.add_metric([name, signal], cap)
         yield depth
         yield capacity
+
+
+ITEMS = {"traces": "spans", "logs": "log_records", "metrics": "metric_points"}
+
+
+class SignalCounters:
+    """The counters that exist once per signal, named by what the signal carries."""
+
+    def __init__(self, items: str, r: CollectorRegistry) -> None:
+        what = items.replace("_", " ").capitalize()  # "Spans", "Log records", "Metric points"
+        self.receiver_accepted = Counter(
+            f"otelgate_receiver_accepted_{items}", f"{what} accepted by a receiver and handed to the pipeline", ["protocol"], registry=r)
+        self.receiver_refused = Counter(
+            f"otelgate_receiver_refused_{items}", f"{what} refused as a whole request (the client may retry)",
+            ["protocol", "reason"], registry=r)
+        self.receiver_rejected = Counter(
+            f"otelgate_receiver_rejected_{items}", f"{what} rejected as invalid (reported in partial_success) or over a limit "
+            "(the whole request); not retryable",
+            ["protocol", "reason"], registry=r)
+        self.sink_sent = Counter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", ["sink"], registry=r)
+        self.sink_failed = Counter(
+            f"otelgate_sink_failed_{items}", f"{what} in send attempts that failed (they may be retried)", ["sink"], registry=r)
+        self.sink_dropped = Counter(
+            f"otelgate_sink_dropped_{items}", f"{what} a sink will never deliver, by reason", ["sink", "reason"], registry=r)
+        self.router_dropped = Counter(
+            f"otelgate_router_dropped_{items}", f"{what} that no route took", ["reason"], registry=r)
 
 
 class Metrics:
@@ -46,25 +73,23 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.receiver_accepted_spans = Counter(
-            "otelgate_receiver_accepted_spans", "Spans accepted by a receiver and handed to the pipeline", ["protocol"], registry=r)
-        self.receiver_refused_spans = Counter(
-            "otelgate_receiver_refused_spans", "Spans refused as a whole request (the client may retry)", ["protocol", "reason"], registry=r)
-        self.receiver_rejected_spans = Counter(
-            "otelgate_receiver_rejected_spans", "Spans rejected as invalid (not retryable; reported in partial_success)", ["protocol", "reason"], registry=r)
+        # Per signal, as the Collector names them: ..._spans, ..._log_records, ..._metric_points.
+        self.signals = {signal: SignalCounters(items, r) for signal, items in ITEMS.items()}
+        traces = self.signals["traces"]
+        self.receiver_accepted_spans = traces.receiver_accepted
+        self.receiver_refused_spans = traces.receiver_refused
+        self.receiver_rejected_spans = traces.receiver_rejected
+        self.sink_sent_spans = traces.sink_sent
+        self.sink_failed_spans = traces.sink_failed
+        self.sink_dropped_spans = traces.sink_dropped
+        self.router_dropped_spans = traces.router_dropped
+        self.receiver_truncated_spans = Counter(
+            "otelgate_receiver_truncated_spans", "Spans accepted after cutting them to a limit", ["protocol", "limit"], registry=r)
         self.receiver_requests = Counter(
             "otelgate_receiver_requests", "Export requests by outcome", ["protocol", "outcome"], registry=r)
         self.receiver_request_duration = Histogram(
             "otelgate_receiver_request_duration_seconds", "Time from request received to response, per protocol",
             ["protocol"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.sink_sent_spans = Counter(
-            "otelgate_sink_sent_spans", "Spans a sink delivered", ["sink"], registry=r)
-        self.sink_failed_spans = Counter(
-            "otelgate_sink_failed_spans", "Spans in send attempts that failed (they may be retried)", ["sink"], registry=r)
-        self.sink_dropped_spans = Counter(
-            "otelgate_sink_dropped_spans", "Spans a sink will never deliver, by reason", ["sink", "reason"], registry=r)
-        self.router_dropped_spans = Counter(
-            "otelgate_router_dropped_spans", "Spans that no route took", ["reason"], registry=r)
         self.sampled_spans = Counter(
             "otelgate_sampled_spans", "Sampling decisions by policy (dropped is intentional, never an error)",
             ["policy", "decision"], registry=r)
@@ -95,8 +120,12 @@ class Metrics:
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
 
-    def watch_queues(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
-        """Expose `(sink, depth, capacity)` rows from `source` as gauges at each scrape."""
+        self.redactions = Counter(
+            "otelgate_redactions", "Values redacted, by detector kind or content action (content_drop, content_hash, "
+            "content_truncate)", ["kind"], registry=r)
+
+    def watch_queues(self, source: Callable[[], Iterable[tuple[str, str, int, int]]]) -> None:
+        """Expose `(sink, signal, depth, capacity)` rows from `source` as gauges at each scrape."""
         self.registry.register(_QueueGauges(source))
 
     def render(self) -> bytes:

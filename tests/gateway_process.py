@@ -127,3 +127,24 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def read_proto_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a `format: proto` file sink, as OTLP/JSON dicts like `read_json_lines`.
+
+    A proto sink writes the bytes a request arrived as unless something edited it, so a test of
+    an edit reads here to see that the edit, not the original, was written.
+    """
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from gateway.otlp.json_codec import encode_message
+
+    data = path.read_bytes() if path.exists() else b""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        if pos + 4 + size > len(data):
+            break  # still being written
+        out.append(orjson.loads(encode_message(ExportTraceServiceRequest.FromString(data[pos + 4:pos + 4 + size]))))
+        pos += 4 + size
+    return out

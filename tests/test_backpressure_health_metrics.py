@@ -129,7 +129,7 @@ def test_http_backpressure_503_with_retry_after(stuck) -> None:
     assert health["sinks"]["out"]["queue_depth"] >= 200 - 25
     assert health["sinks"]["out"]["queue_capacity"] == 200
     assert metric(gw.admin, "otelgate_receiver_refused_spans_total", protocol="http", reason="backpressure") >= 5
-    assert metric(gw.admin, "otelgate_sink_queue_capacity", sink="out") == 200
+    assert metric(gw.admin, "otelgate_sink_queue_capacity", sink="out", signal="traces") == 200
     # The reader comes back: everything accepted arrives, and the gateway takes data again.
     fifo.read_for(30)
     wait_for(lambda: requests.post(f"{gw.http}/v1/traces", data=_request(5, "after"), headers=PROTO, timeout=10).status_code == 200)
@@ -199,4 +199,5 @@ def test_health_and_metrics_after_traffic(gateway: GatewayProcess) -> None:
     from gateway import __version__
     assert health["status"] == "ok" and health["version"] == __version__
     assert health["uptime_s"] > 0
-    assert health["sinks"] == {"out": {"status": "ok", "queue_depth": 0, "queue_capacity": 100000, "last_error": None}}
+    assert health["sinks"]["out"] == {"status": "ok", "queue_depth": 0, "queue_capacity": 100000, "last_error": None}
+    assert set(health["sinks"]) == {"out", "out/logs", "out/metrics"}  # routes omitted: every signal to every sink

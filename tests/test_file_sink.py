@@ -75,7 +75,7 @@ def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
     sent = lambda: float(requests.get(f"{gw.admin}/metrics", timeout=5).text.split('otelgate_sink_sent_spans_total{sink="out"} ')[1].split()[0])
     wait_for(lambda: sent() == total)
     assert gw.stop() == 0
-    files = sorted(p.name for p in out.parent.iterdir())
+    files = sorted(p.name for p in out.parent.iterdir() if ".logs." not in p.name and ".metrics." not in p.name)
     rotated = [f for f in files if f != "out.jsonl"]
     assert "out.jsonl" in files
     assert len(rotated) == 2, files

@@ -29,9 +29,11 @@ def _batches() -> list[tuple[bytes, Batch]]:
 @pytest.mark.parametrize("name", list(PROCESSORS))
 def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
     """A sink writes `batch.raw` instead of the request while it is set: stale bytes would lose edits."""
-    config = parse("sinks: {a: {type: file}}", environ={})
+    config = parse("sinks: {a: {type: file}}\n"  # every processor on, redaction editing every LLM span
+                   "pipeline: {redact: {enabled: true, content: hash, hash_secret: 0123456789abcdef}}", environ={})
     chain = build_processors(config, Metrics())
     names = [n for n, m in PROCESSORS.items() if getattr(config.pipeline, n).enabled]
+    assert names == list(PROCESSORS)
     upto = names.index(name) + 1
     for body, batch in _batches():
         for process in chain[:upto - 1]:
@@ -45,8 +47,8 @@ def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
 
 def test_default_chain_order() -> None:
     config = parse("sinks: {a: {type: file}}", environ={})
-    assert list(PROCESSORS) == ["normalize", "price", "llm_metrics"]
-    assert len(build_processors(config, Metrics())) == 3
+    assert list(PROCESSORS) == ["normalize", "price", "llm_metrics", "redact"]
+    assert len(build_processors(config, Metrics())) == 3  # redact is off by default
     off = parse("sinks: {a: {type: file}}\npipeline: {normalize: {enabled: false}, price: {enabled: false}}", environ={})
     assert len(build_processors(off, Metrics())) == 1
 

@@ -84,7 +84,7 @@ def _names(workdir: Path, sink: str) -> set[str]:
 
 def test_valid_change_under_traffic_loses_nothing(tmp_path: Path) -> None:
     disk = {"queue": {"type": "disk", "dir": str(tmp_path / "queues")}}
-    before = _config(tmp_path, {"kept": {}, "durable": disk})
+    before = _config(tmp_path, {"kept": {}, "durable": disk}, routes=[{"name": "all", "sinks": ["kept", "durable"]}])
     after = _config(tmp_path, {"kept": {}, "durable": {**disk, "batch": {"max_delay": "50ms"}}, "added": {}},
                     routes=[{"name": "all", "sinks": ["kept", "durable"], "continue": True},
                             {"name": "new", "sinks": ["added"]}])
@@ -152,8 +152,8 @@ def test_sighup_reloads_and_a_removed_sink_drains_first(tmp_path: Path) -> None:
         gw.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: _health(gw)["config"]["generation"] == 2)
         wait_for(lambda: len(_names(tmp_path, "slow")) == 10)  # drained when removed, not dropped
-        assert set(_health(gw)["sinks"]) == {"a"}
-        assert "sink removed; draining its queue sink=slow spans=10" in gw.log_text()
+        assert set(_health(gw)["sinks"]) == {"a", "a/logs", "a/metrics"}  # routes omitted: every signal
+        assert "sink removed; draining its queue sink=slow queued=10" in gw.log_text()
     finally:
         assert gw.stop() == 0
 
@@ -177,3 +177,22 @@ def test_route_and_sampling_changes_apply_to_new_data(tmp_path: Path) -> None:
     finally:
         assert gw.stop() == 0
 
+
+
+def test_api_keys_reload_with_the_config(tmp_path: Path) -> None:
+    config = _config(tmp_path, {"a": {}})
+    config["auth"] = {"keys": [{"key": "old-key-0123456789", "tenant": "t1"}]}
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        def post(key: str) -> int:
+            headers = {**PROTO, "Authorization": f"Bearer {key}"}
+            return requests.post(f"{gw.http}/v1/traces", data=_body(1), headers=headers, timeout=5).status_code
+
+        assert post("old-key-0123456789") == 200 and post("new-key-0123456789") == 401
+        config["auth"] = {"keys": [{"key": "new-key-0123456789", "tenant": "t2"}]}
+        _write(gw, config)
+        wait_for(lambda: _health(gw)["config"]["generation"] == 2)
+        assert post("old-key-0123456789") == 401 and post("new-key-0123456789") == 200
+        assert "old-key-0123456789" not in gw.log_text() and "new-key-0123456789" not in gw.log_text()
+    finally:
+        assert gw.stop() == 0

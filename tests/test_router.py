@@ -54,11 +54,19 @@ def _request(*spans: dict) -> ExportTraceServiceRequest:
     return req
 
 
+class _Sink(str):
+    """Stands for a sink driver: the router only reads its name."""
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+
 def _router(routes_yaml: str, sinks: str = "a b c d") -> tuple[Router, Metrics]:
     sink_yaml = "".join(f"  {n}: {{type: file, path: /tmp/{n}}}\n" for n in sinks.split())
     config = parse(f"sinks:\n{sink_yaml}routes:\n{routes_yaml}", environ={})
     metrics = Metrics()
-    return Router(config.route_list(), {n: n for n in sinks.split()}, metrics), metrics  # type: ignore[misc]
+    return Router(config.route_list(), {n: _Sink(n) for n in sinks.split()}, metrics), metrics  # type: ignore[misc]
 
 
 def _where(router: Router, req: ExportTraceServiceRequest, tenant: str | None = None) -> dict[str, set[str]]:
@@ -168,9 +176,9 @@ def test_route_head_sampling_keeps_a_consistent_share_with_its_threshold() -> No
 
 
 @pytest.mark.parametrize(("routes", "error"), [
-    ("  - {name: a, sinks: [a]}\n  - {name: b, sinks: [b]}\n", "routes[1]: unreachable"),
+    ("  - {name: a, sinks: [a]}\n  - {name: b, sinks: [b]}\n", "routes[1]: unreachable for traces"),
     ("  - {name: a, sinks: [a], default: true}\n  - {name: b, sinks: [b], default: true}\n",
-     "routes[1].default: only one route"),
+     "routes[1].default: only one default route per signal"),
     ("  - {name: a, sinks: [a], default: true, match: {tenant: x}}\n", "routes[0].match: a default route"),
     ("  - {name: a, sinks: [a], match: {span.x: {between: 1}}}\n", "routes[0].match.span.x.between: unknown operator"),
     ("  - {name: a, sinks: [a], match: {span.x: {gt: ten}}}\n", "routes[0].match.span.x.gt: expected a number"),
@@ -204,7 +212,27 @@ def test_match_errors_are_collected_not_first_only() -> None:
 
 def test_check_warns_when_data_can_match_no_route() -> None:
     config = parse("sinks: {a: {type: file}}\nroutes:\n  - {name: r, match: {tenant: x}, sinks: [a]}\n", environ={})
-    assert any("matches no route is dropped" in w for w in config.warnings())
+    warnings = config.warnings()
+    assert any(w.startswith("routes: traces that match no route are dropped") for w in warnings)
+    assert any(w.startswith("routes: no route carries logs") for w in warnings)
     config = parse("sinks: {a: {type: file}}\nroutes:\n  - {name: r, match: {tenant: x}, sinks: [a]}\n"
-                   "  - {name: d, default: true, sinks: [a]}\n", environ={})
+                   "  - {name: d, default: true, sinks: [a], signals: [traces, logs, metrics]}\n", environ={})
     assert not config.warnings()
+
+
+def test_route_redaction_applies_to_that_routes_copy_only() -> None:
+    router, metrics = _router(
+        "  - {name: lf, sinks: [a], continue: true, redact: {content: hash, hash_secret: 0123456789abcdef}}\n"
+        "  - {name: all, sinks: [b, c]}\n")
+    prompt = '[{"role": "user", "parts": [{"type": "text", "content": "mail me at ann@example.com"}]}]'
+    req = _request({"name": "chat", "attrs": {"gen_ai.input.messages": prompt, "note": "call +1 415 555 0100"}})
+    batch = Batch(req, 1, RequestContext("test"))
+    deliveries = router.route(batch)
+    by_sink = {sink: part for part, sinks in deliveries for sink in sinks}
+    assert by_sink["b"] is batch and by_sink["c"] is batch  # untouched, not copied
+    redacted = {kv.key: kv.value.string_value for kv in by_sink["a"].request.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert redacted["gen_ai.input.messages"].startswith("hmac-sha256:")
+    assert "415" not in redacted["note"] and "[REDACTED:phone]" in redacted["note"]
+    original = {kv.key: kv.value.string_value for kv in req.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert original["gen_ai.input.messages"] == prompt  # the other sinks' data is as received
+    assert metric_value(metrics, "otelgate_redactions_total", kind="content_hash") == 1

@@ -24,7 +24,9 @@ class CorruptBody(Exception):
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """Undo `Content-Encoding` (one of SUPPORTED); raise TooLarge past `limit` bytes, CorruptBody if broken."""
-    if encoding == "identity":
+    if encoding == "identity" or not body:
+        # An empty body is empty under any encoding (zero gzip members, zero zstd frames), as
+        # zstd and Python's gzip module read it: an empty request, not a corrupt one.
         return body
     if encoding in ("gzip", "x-gzip"):
         return _zlib_members(body, 16 + zlib.MAX_WBITS, limit)

@@ -1,24 +1,36 @@
-"""What both OTLP receivers do with a decoded request: check spans, hand over, count.
+"""What both OTLP receivers do with a request: authenticate, check spans, hand over, count.
 
 The receivers own only their protocol (framing, status codes); this module owns the meaning,
-so gRPC and HTTP accept and refuse exactly the same data and count it the same way.
+so gRPC and HTTP accept and refuse exactly the same data and count it the same way. The key set
+(`auth`) and the limits are plain attributes, read once per request: a config reload replaces
+them with `configure(new_config)`, and requests in flight finish with what they started with.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from google.protobuf.message import DecodeError
 
-from gateway.batch import Batch, RequestContext
+from gateway.batch import Batch, RequestContext, count_spans
+from gateway.config import Config
 from gateway.errors import Refused
-from gateway.otlp.validate import remove_invalid_spans
+from gateway.logs import get_logger
 from gateway.pipeline import Pipeline
+from gateway.otlp.signals import TRACES, Signal
+from gateway.receivers.auth import Authenticator, Unauthenticated, basic_credentials, stamp_tenant
+from gateway.receivers.limits import LimitExceeded, Limits
 from gateway.telemetry import Metrics
 
-# Until receivers authenticate (API keys name the tenant), a sender may name its tenant in this
-# header (gRPC metadata or HTTP); routes match it with `tenant:`.
+# Without `auth:`, a sender may name its tenant in this header (gRPC metadata or HTTP); routes
+# match it with `tenant:`. With `auth:` it is ignored: the API key names the tenant.
 TENANT_HEADER = "x-otelgate-tenant"
+_REFUSAL_LOG_EVERY_S = 10.0  # a client retrying with a bad key must not flood the log
+
+_log = get_logger("receiver")
 
 
 @dataclass(slots=True)
@@ -31,25 +43,103 @@ class Intake:
     def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
         self._pipeline = pipeline
         self._metrics = metrics
+        self.auth: Authenticator | None = None
+        self.limits: Limits | None = None
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = float("-inf")
 
-    async def accept(self, request: ExportTraceServiceRequest, context: RequestContext, raw: bytes | None = None) -> Accepted:
-        """Hand valid spans to the pipeline; raise `Refused` (nothing accepted) under backpressure.
+    def configure(self, config: Config) -> None:
+        """Take the key set and the limits from `config` (at start, and on each reload)."""
+        self.auth = Authenticator(config.auth) if config.auth is not None else None
+        self.limits = Limits.build(config.limits)
+        if self.auth is not None:
+            _log.info("receivers require an API key", header=self.auth.header, keys=len(self.auth.fingerprints),
+                      fingerprints=",".join(self.auth.fingerprints))
 
-        `raw` is the protobuf encoding `request` was parsed from, if there was one.
+    def identify(self, protocol: str, header: Callable[[str], str | None]) -> RequestContext:
+        """Who sent a request, from its headers (`header(name)` -> value), before its body is read.
+
+        With `auth:`, the tenant of its API key, or `Unauthenticated` (counted, and logged with
+        at most the key's fingerprint); without, the `x-otelgate-tenant` header, if any.
+        """
+        auth = self.auth
+        if auth is None:
+            return RequestContext(protocol, tenant=header(TENANT_HEADER))
+        try:
+            tenant = auth.tenant(header(auth.header))
+        except Unauthenticated as exc:
+            self._metrics.receiver_requests.labels(protocol, "unauthenticated").inc()
+            self._log_refusal(protocol, exc)
+            raise
+        return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute)
+
+    def identify_langfuse(self, protocol: str, header: Callable[[str], str | None]) -> RequestContext:
+        """Who sent a request on the Langfuse-compatible path: its Basic auth key pair.
+
+        With `auth:`, the pair must be one of `auth.langfuse_keys` (its tenant is the data's);
+        without, any pair is taken (and may be forwarded) and the tenant header applies.
+        """
+        auth = self.auth
+        if auth is None:
+            return RequestContext(protocol, tenant=header(TENANT_HEADER),
+                                  credentials=basic_credentials(header("authorization")))
+        try:
+            tenant, credentials = auth.langfuse_tenant(header("authorization"))
+        except Unauthenticated as exc:
+            self._metrics.receiver_requests.labels(protocol, "unauthenticated").inc()
+            self._log_refusal(protocol, exc)
+            raise
+        return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute, credentials=credentials)
+
+    def _log_refusal(self, protocol: str, exc: Unauthenticated) -> None:
+        now = time.monotonic()
+        if now - self._refusal_logged_at < _REFUSAL_LOG_EVERY_S:
+            self._refusals_unlogged += 1
+            return
+        fields = {"key_fingerprint": exc.fingerprint} if exc.fingerprint else {}
+        if self._refusals_unlogged:
+            fields["not_logged_since"] = str(self._refusals_unlogged)
+        _log.warning("request refused: not authenticated", protocol=protocol, reason=str(exc), **fields)
+        self._refusal_logged_at, self._refusals_unlogged = now, 0
+
+    async def accept(self, request: Any, context: RequestContext, raw: bytes | None = None,
+                     signal: Signal = TRACES) -> Accepted:
+        """Hand the valid items to the pipeline; raise `Refused` (nothing accepted) under
+        backpressure, `LimitExceeded` when a limit refuses the request.
+
+        `raw` is the protobuf encoding `request` was parsed from, if there was one. Limits are
+        span limits: they apply to traces.
         """
         protocol = context.protocol
         m = self._metrics
-        kept, rejected, message = remove_invalid_spans(request)
+        counters = m.signals[signal.name]
+        limits = self.limits
+        if limits is not None and signal is TRACES:  # before span checks remove anything: limits read sizes from `raw`
+            try:
+                truncated = limits.apply(request, raw)
+            except LimitExceeded as exc:
+                m.receiver_rejected_spans.labels(protocol, exc.limit).inc(count_spans(request))
+                m.receiver_requests.labels(protocol, "limit_exceeded").inc()
+                raise
+            if truncated:
+                for limit, spans in truncated.items():
+                    m.receiver_truncated_spans.labels(protocol, limit).inc(spans)
+                raw = None
+        kept, rejected, message = signal.remove_invalid(request)
         if rejected:
-            m.receiver_rejected_spans.labels(protocol, "invalid_id").inc(rejected)
+            counters.receiver_rejected.labels(protocol, "invalid_id").inc(rejected)
+            raw = None
+        if kept and context.tenant_attribute is not None and context.tenant is not None:
+            stamp_tenant(getattr(request, signal.resources_field), context.tenant_attribute, context.tenant)
+            raw = None
         if kept:
             try:
-                await self._pipeline.consume(Batch(request, kept, context, None if rejected else raw))
+                await self._pipeline.consume(Batch(request, kept, context, raw, signal=signal))
             except Refused as exc:
-                m.receiver_refused_spans.labels(protocol, exc.reason).inc(kept)
+                counters.receiver_refused.labels(protocol, exc.reason).inc(kept)
                 m.receiver_requests.labels(protocol, "refused").inc()
                 raise
-            m.receiver_accepted_spans.labels(protocol).inc(kept)
+            counters.receiver_accepted.labels(protocol).inc(kept)
         m.receiver_requests.labels(protocol, "partial" if rejected else "accepted").inc()
         return Accepted(rejected, message)
 
@@ -59,3 +149,12 @@ class Intake:
 
     def observe_latency(self, protocol: str, seconds: float) -> None:
         self._metrics.receiver_request_duration.labels(protocol).observe(seconds)
+
+
+def describe_decode_error(exc: DecodeError, what: str, signal: Signal = TRACES) -> str:
+    """The answer to a protobuf `what` (body, message) that upb could not parse: its own text
+    names only the type, so the one cause a sender cannot guess, nesting, is spelled out."""
+    if "MaxDepth" in str(exc):
+        return (f"invalid protobuf: the {what} nests deeper than the parser allows (100 messages: about "
+                "31 kvlists or 47 arrays in one attribute value)")
+    return f"invalid protobuf: the {what} is not an {signal.request.__name__}"

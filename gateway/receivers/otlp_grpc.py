@@ -1,33 +1,35 @@
-"""OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on grpc.aio.
+"""OTLP/gRPC receiver: `TraceService/Export`, `LogsService/Export` and `MetricsService/Export`
+(`opentelemetry.proto.collector.*.v1`) on grpc.aio.
 
 The handler takes raw bytes and parses them itself, so a malformed message gets
 INVALID_ARGUMENT with a message (grpc's own deserializer would answer a bare INTERNAL). Messages
 over `max_message_bytes` get RESOURCE_EXHAUSTED from grpc itself; gzip is handled by grpc.
 Backpressure answers UNAVAILABLE (rate limits RESOURCE_EXHAUSTED) with a `RetryInfo` detail,
-which the OTLP spec and the SDK exporters read as "retry after this delay".
+which the OTLP spec and the SDK exporters read as "retry after this delay". With `auth:`, the key
+in the metadata is checked before the message is parsed (UNAUTHENTICATED); `limits:` refusals
+are INVALID_ARGUMENT, or RESOURCE_EXHAUSTED without `RetryInfo` (not retryable) for too many spans.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
-from gateway.batch import RequestContext
 from gateway.config import GrpcReceiverConfig
 from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
-from gateway.receivers.intake import TENANT_HEADER, Intake
+from gateway.otlp.signals import SIGNALS, Signal
+from gateway.receivers.auth import Unauthenticated
+from gateway.receivers.intake import Intake, describe_decode_error
+from gateway.receivers.limits import LimitExceeded
+from gateway.receivers.tls import grpc_server_credentials
 
 PROTOCOL = "grpc"
-TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 def _status_details(code: grpc.StatusCode, message: str, retry_after: float) -> bytes:
@@ -43,6 +45,7 @@ class OtlpGrpcReceiver:
         self._intake = intake
         self._server: grpc.aio.Server | None = None
         self.endpoint = config.endpoint
+        self.tls_mode = "off" if config.tls is None else "mtls" if config.tls.mutual else "tls"
 
     async def start(self) -> None:
         limit = self.config.max_message_bytes
@@ -50,11 +53,17 @@ class OtlpGrpcReceiver:
             ("grpc.max_receive_message_length", limit),
             ("grpc.so_reuseport", 0),
         ])
-        handler = grpc.unary_unary_rpc_method_handler(self._export_traces)  # bytes in, bytes out
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TRACE_SERVICE, {"Export": handler}),))
+        server.add_generic_rpc_handlers(tuple(
+            grpc.method_handlers_generic_handler(signal.grpc_method[1:].rsplit("/", 1)[0], {  # the service's full name
+                "Export": grpc.unary_unary_rpc_method_handler(partial(self._export, signal))})  # bytes in, bytes out
+            for signal in SIGNALS.values()))
         host, port = split_endpoint(self.config.endpoint)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            if self.config.tls is not None:
+                bound = server.add_secure_port(address, grpc_server_credentials(self.config.tls))
+            else:
+                bound = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.config.endpoint}: {exc}") from None
         await server.start()
@@ -67,32 +76,36 @@ class OtlpGrpcReceiver:
             server, self._server = self._server, None
             await server.stop(grace)
 
-    async def _export_traces(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _export(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         try:
+            metadata = _metadata(context)
             try:
-                export = ExportTraceServiceRequest.FromString(body)
-            except DecodeError:
+                request_context = self._intake.identify(PROTOCOL, metadata.get)
+            except Unauthenticated as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            try:
+                export = signal.request.FromString(body)
+            except DecodeError as exc:
                 self._intake.malformed(PROTOCOL, "malformed")
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "invalid protobuf: the message is not an ExportTraceServiceRequest")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe_decode_error(exc, "message", signal))
             try:
-                accepted = await self._intake.accept(export, RequestContext(PROTOCOL, tenant=_tenant(context)), body)
+                accepted = await self._intake.accept(export, request_context, body, signal)
             except Refused as exc:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, str(exc), trailing_metadata=(
                     ("grpc-status-details-bin", _status_details(code, str(exc), exc.retry_after)),))
-            response = ExportTraceServiceResponse()
-            if accepted.rejected:
-                response.partial_success.rejected_spans = accepted.rejected
-                response.partial_success.error_message = accepted.error_message
-            return response.SerializeToString()
+            except LimitExceeded as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if exc.too_large else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return signal.response_for(accepted.rejected, accepted.error_message).SerializeToString()
         finally:
             self._intake.observe_latency(PROTOCOL, time.perf_counter() - started)
 
 
-def _tenant(context: grpc.aio.ServicerContext) -> str | None:
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The request's text metadata (keys are lower case in gRPC); the first value of a repeated key."""
+    metadata: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if key == TENANT_HEADER:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return None
+        if isinstance(value, str):
+            metadata.setdefault(key, value)
+    return metadata

@@ -1,40 +1,47 @@
-"""OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, as the OTLP specification says.
+"""OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs`, `/v1/metrics`, protobuf or JSON, as the
+OTLP specification says; and `POST /api/public/otel/v1/traces`, the path the Langfuse SDK
+exports to, authenticated with its Basic auth key pair (see `Intake.identify_langfuse`).
 
 Answers: 200 with an `ExportTraceServiceResponse` (with `partial_success` when spans were
 rejected), in the request's encoding; 400 malformed payload, 413 body too large (as sent or
 decompressed), 415 unsupported content type or encoding, 429/503 with `Retry-After` under rate
-limit/backpressure; 404/405 for other paths and methods. Error bodies are a `google.rpc.Status`
-whose message names the problem.
+limit/backpressure; 404/405 for other paths and methods; 401 (with `WWW-Authenticate`) when
+`auth:` is on and the request carries no known key, checked before the body is read. Error
+bodies are a `google.rpc.Status` whose message names the problem.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 
 from aiohttp import web
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from gateway.batch import RequestContext
 from gateway.config import HttpReceiverConfig
 from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
 from gateway.otlp import compression
-from gateway.otlp.json_codec import OtlpJsonError, decode_traces, encode_message
-from gateway.receivers.intake import TENANT_HEADER, Intake
+from gateway.otlp.json_codec import OtlpJsonError, encode_message
+from gateway.otlp.signals import SIGNALS, TRACES, Signal
+from gateway.receivers.auth import Unauthenticated
+from gateway.receivers.intake import Intake, describe_decode_error
+from gateway.receivers.limits import LimitExceeded
+from gateway.receivers.tls import server_ssl_context
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 PROTOCOL = "http"
-TRACES_PATH = "/v1/traces"
+LANGFUSE_PATH = "/api/public/otel/v1/traces"
+
+Identify = Callable[[str, Callable[[str], "str | None"]], RequestContext]  # Intake.identify or identify_langfuse
 
 _GRPC_CODE_FOR_HTTP = {
-    400: code_pb2.INVALID_ARGUMENT, 413: code_pb2.RESOURCE_EXHAUSTED, 415: code_pb2.INVALID_ARGUMENT,
+    400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 413: code_pb2.RESOURCE_EXHAUSTED, 415: code_pb2.INVALID_ARGUMENT,
     429: code_pb2.RESOURCE_EXHAUSTED, 503: code_pb2.UNAVAILABLE,
 }
 
@@ -55,11 +62,14 @@ class OtlpHttpReceiver:
         self._intake = intake
         self._runner: web.AppRunner | None = None
         self.endpoint = config.endpoint
+        self.tls_mode = "off" if config.tls is None else "mtls" if config.tls.mutual else "tls"
 
     def _app(self) -> web.Application:
         # client_max_size bounds the body as sent; decompression is bounded separately below.
         app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.router.add_post(TRACES_PATH, self._export_traces)
+        for signal in SIGNALS.values():
+            app.router.add_post(signal.http_path, partial(self._export, signal, self._intake.identify))
+        app.router.add_post(LANGFUSE_PATH, partial(self._export, TRACES, self._intake.identify_langfuse))
         return app
 
     async def start(self) -> None:
@@ -68,7 +78,9 @@ class OtlpHttpReceiver:
         runner = web.AppRunner(self._app(), auto_decompress=False, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
+            tls = self.config.tls
+            site = web.TCPSite(runner, host, port, reuse_address=True,
+                               ssl_context=server_ssl_context(tls) if tls is not None else None)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -83,15 +95,19 @@ class OtlpHttpReceiver:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    async def _export_traces(self, request: web.Request) -> web.Response:
+    async def _export(self, signal: Signal, identify: Identify, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
-            return await self._handle(request)
+            return await self._handle(signal, identify, request)
         finally:
             self._intake.observe_latency(PROTOCOL, time.perf_counter() - started)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, signal: Signal, identify: Identify, request: web.Request) -> web.Response:
         content_type = request.content_type
+        try:
+            context = identify(PROTOCOL, request.headers.get)
+        except Unauthenticated as exc:
+            return _error(401, str(exc), content_type != PROTOBUF, {"WWW-Authenticate": exc.challenge})
         if content_type not in (PROTOBUF, JSON):
             self._intake.malformed(PROTOCOL, "unsupported_media_type")
             return _error(415, f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}", True)
@@ -115,21 +131,19 @@ class OtlpHttpReceiver:
             self._intake.malformed(PROTOCOL, "malformed")
             return _error(400, f"cannot decompress {encoding} body: {exc}", as_json)
         try:
-            export = decode_traces(body) if as_json else ExportTraceServiceRequest.FromString(body)
+            export = signal.decode_json(body) if as_json else signal.request.FromString(body)
         except OtlpJsonError as exc:
             self._intake.malformed(PROTOCOL, "malformed")
             return _error(400, f"invalid OTLP/JSON: {exc}", True)
-        except DecodeError:
+        except DecodeError as exc:
             self._intake.malformed(PROTOCOL, "malformed")
-            return _error(400, "invalid protobuf: the body is not an ExportTraceServiceRequest", False)
-        context = RequestContext(PROTOCOL, tenant=request.headers.get(TENANT_HEADER))
+            return _error(400, describe_decode_error(exc, "body", signal), False)
         try:
-            accepted = await self._intake.accept(export, context, None if as_json else body)
+            accepted = await self._intake.accept(export, context, None if as_json else body, signal)
         except Refused as exc:
             status = 429 if isinstance(exc, RateLimited) else 503
             return _error(status, str(exc), as_json, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
-        response = ExportTraceServiceResponse()
-        if accepted.rejected:
-            response.partial_success.rejected_spans = accepted.rejected
-            response.partial_success.error_message = accepted.error_message
+        except LimitExceeded as exc:
+            return _error(413 if exc.too_large else 400, str(exc), as_json)
+        response = signal.response_for(accepted.rejected, accepted.error_message)
         return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)

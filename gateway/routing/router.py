@@ -13,6 +13,13 @@ becomes one request (copied once) shared by the sinks of the group.
 because the pipeline puts a trace buffer in front of the router when such a route exists; the
 router also remembers (bounded) which traces matched, so a late span follows its trace.
 
+Each signal has its own router, built from the routes that carry it (`signals:`). Logs and
+metrics are routed by resource, scope and tenant (spans conditions are for traces: config
+validation sees to it), whole scopes at a time.
+
+A route's own `redact` settings apply to a copy sent to that route's sinks, so one sink can get
+prompts hashed while another gets them as they were.
+
 A route's own `sampling.head` keeps a consistent share of what the route takes (as the global
 head sampler, by trace id, writing `ot=th:` on the copies it sends).
 """
@@ -21,13 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.batch import Batch
+from gateway.otlp.signals import LOGS, METRICS, TRACES, Signal
+from gateway.processors.redact import Redactor
 from gateway.config import RouteConfig
-from gateway.routing.match import REQUEST, RESOURCE, SPAN, Match, Subject, attribute_values, compile_match
+from gateway.routing.match import REQUEST, SPAN, Match, Subject, attribute_values, compile_match
 from gateway.sampling.consistent import threshold, with_threshold
 from gateway.sampling.head import decide
 from gateway.sinks.driver import SinkDriver
@@ -53,11 +63,16 @@ class _Route:
 
 
 class Router:
-    def __init__(self, routes: Sequence[RouteConfig], drivers: Mapping[str, SinkDriver], metrics: Metrics) -> None:
+    def __init__(self, routes: Sequence[RouteConfig], drivers: Mapping[str, SinkDriver], metrics: Metrics,
+                 signal: Signal = TRACES) -> None:
+        """`drivers`: sink name -> the driver carrying `signal` to it."""
+        self.signal = signal
+        routes = [r for r in routes if signal.name in r.signals]
         compiled = [
             _Route(i, r.name, compile_match(r.match, f"routes[{i}].match") if r.match else None, tuple(r.sinks),
                    not r.continue_, r.by == "trace",
-                   threshold(r.sampling.head.percentage / 100.0, r.sampling.head.precision) if r.sampling and r.sampling.head else 0)
+                   threshold(r.sampling.head.percentage / 100.0, r.sampling.head.precision)
+                   if r.sampling and r.sampling.head and signal is TRACES else 0)
             for i, r in enumerate(routes)
         ]
         self._routes = tuple(r for r in compiled if not routes[r.index].default)
@@ -70,9 +85,11 @@ class Router:
         self._resource_keys = frozenset(k for m in matches for k in m.keys("resource"))
         self._span_keys = frozenset(k for m in matches for k in m.keys("span"))
         self._trace_memory: dict[bytes, frozenset[int]] = {}
-        self._no_route = metrics.router_dropped_spans.labels("no_route")
+        self._no_route = metrics.signals[signal.name].router_dropped.labels("no_route")
         self._sampled_spans = metrics.sampled_spans
         self._targets_cache: dict[tuple[int, ...], tuple[SinkDriver, ...]] = {}
+        self._redactors = {i: Redactor(r.redact, metrics) for i, r in enumerate(routes)
+                           if r.redact is not None and r.redact.enabled and signal is not METRICS}
         for route in compiled:
             for sink in route.sinks:
                 if sink not in drivers:
@@ -90,8 +107,31 @@ class Router:
             if not taken:
                 self._no_route.inc(batch.spans)
                 return []
-            return [(batch, self._targets(taken))]
+            return self._redacted(batch, taken, self._targets(taken))
+        if self.signal is not TRACES:
+            return self._route_scopes(batch)
         return self._route_spans(batch)
+
+    # -- per scope (logs, metrics) ------------------------------------------------------------
+
+    def _route_scopes(self, batch: Batch) -> list[Delivery]:
+        signal, tenant = self.signal, batch.context.tenant
+        groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        items: dict[tuple[int, ...], int] = {}
+        for ri, rs in enumerate(getattr(batch.request, signal.resources_field)):
+            resource = attribute_values(rs.resource.attributes, self._resource_keys) if self._resource_keys else None
+            for si, scope in enumerate(getattr(rs, signal.scopes_field)):
+                taken = self._select(Subject(tenant, resource, scope.scope.name, scope.scope.version), frozenset())
+                groups.setdefault(taken, []).append((ri, si))
+                items[taken] = items.get(taken, 0) + _count_scope(signal, scope)
+        lost = groups.pop((), None)
+        if lost:
+            self._no_route.inc(items[()])
+        if len(groups) == 1 and not lost:
+            (taken,) = groups
+            return self._redacted(batch, taken, self._targets(taken))
+        return [d for taken, scopes in groups.items()
+                for d in self._redacted(_scope_subset(batch, scopes, items[taken]), taken, self._targets(taken))]
 
     # -- per span ---------------------------------------------------------------------------
 
@@ -149,11 +189,34 @@ class Router:
                 if reject_below:
                     for name in {by_route[i].name for i in dest if by_route[i].reject_below}:
                         self._sampled_spans.labels(f"route:{name}", "kept").inc(len(spans))
-                if whole and not reject_below:
-                    deliveries.append((batch, drivers))
-                else:
-                    deliveries.append((_subset(batch, spans, reject_below), drivers))
+                part = batch if whole and not reject_below else _subset(batch, spans, reject_below)
+                deliveries.extend(self._redacted(part, dest, drivers))
         return deliveries
+
+    def _redacted(self, part: Batch, taken: tuple[int, ...], drivers: tuple[SinkDriver, ...]) -> list[Delivery]:
+        """Sinks reached through a route with `redact` get a redacted copy (one per redactor);
+        a sink gets the treatment of the first route that took the data to it."""
+        if not self._redactors or not any(i in self._redactors for i in taken):
+            return [(part, drivers)]
+        by_route = {r.index: r for r in (*self._routes, *((self._default,) if self._default else ()))}
+        first: dict[str, int] = {}
+        for i in taken:
+            for sink in by_route[i].sinks:
+                first.setdefault(sink, i)
+        groups: dict[int | None, list[SinkDriver]] = {}
+        for driver in drivers:
+            i = first.get(driver.name)
+            groups.setdefault(i if i in self._redactors else None, []).append(driver)
+        out: list[Delivery] = []
+        for i, group in groups.items():
+            if i is None:
+                out.append((part, tuple(group)))
+                continue
+            request = part.signal.request()
+            request.CopyFrom(part.request)
+            copy = Batch(request, part.spans, part.context, signal=part.signal)
+            out.append((self._redactors[i](copy), tuple(group)))
+        return out
 
     def _split_by_threshold(self, dest: tuple[int, ...], by_route: dict[int, _Route]) -> dict[int, tuple[SinkDriver, ...]]:
         """Sinks of `dest` grouped by the sampling threshold their copy carries (0: unsampled).
@@ -210,6 +273,29 @@ class Router:
                         if len(memory) > TRACE_MEMORY:
                             del memory[next(iter(memory))]
         return out
+
+
+def _count_scope(signal: Signal, scope: Any) -> int:
+    if signal is LOGS:
+        return len(scope.log_records)
+    return sum(len(getattr(m, kind).data_points) for m in scope.metrics if (kind := m.WhichOneof("data")))
+
+
+def _scope_subset(batch: Batch, scopes: list[tuple[int, int]], count: int) -> Batch:
+    """A new request holding copies of the given (resource index, scope index) scopes."""
+    signal = batch.signal
+    source = getattr(batch.request, signal.resources_field)
+    request = signal.request()
+    target_rs: Any = None
+    last_ri = -1
+    for ri, si in scopes:
+        if ri != last_ri:
+            target_rs = getattr(request, signal.resources_field).add()
+            target_rs.resource.CopyFrom(source[ri].resource)
+            target_rs.schema_url = source[ri].schema_url
+            last_ri = ri
+        getattr(target_rs, signal.scopes_field).add().CopyFrom(getattr(source[ri], signal.scopes_field)[si])
+    return Batch(request, count, batch.context, signal=signal)
 
 
 def _subset(batch: Batch, spans: list[tuple[int, int, Span]], reject_below: int) -> Batch:

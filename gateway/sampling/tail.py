@@ -115,7 +115,8 @@ class TailConfig(StrictModel):
 # -- traces ----------------------------------------------------------------------------------
 
 
-PartKey = tuple[str | None, tuple[bytes, str], tuple[bytes, str]]  # tenant, (resource, schema), (scope, schema)
+Origin = tuple[str | None, tuple[str, str] | None]  # tenant, forwarded Langfuse credentials
+PartKey = tuple[Origin, tuple[bytes, str], tuple[bytes, str]]  # origin, (resource, schema), (scope, schema)
 
 
 class Trace:
@@ -269,6 +270,7 @@ class TraceBuffer:
         usage = self._usage(batch) if self._policies is not None and self._policies.needs_usage else None
         matches = self._matches
         tenant = batch.context.tenant
+        origin: Origin = (tenant, batch.context.credentials)
         late = Trace(b"", now)
         late_dropped = 0
         added = 0
@@ -276,7 +278,7 @@ class TraceBuffer:
             rkey = (rs.resource.SerializeToString(), rs.schema_url)
             resource = attribute_values(rs.resource.attributes, self._resource_keys) if self._resource_keys else None
             for ss in rs.scope_spans:
-                part: PartKey = (tenant, rkey, (ss.scope.SerializeToString(), ss.schema_url))
+                part: PartKey = (origin, rkey, (ss.scope.SerializeToString(), ss.schema_url))
                 subject = Subject(tenant, resource, ss.scope.name, ss.scope.version) if matches else None
                 for span in ss.spans:
                     tid = span.trace_id
@@ -408,15 +410,17 @@ class TraceBuffer:
             self._write(kept)
 
     def _write(self, kept: list[Trace]) -> None:
-        """Hand the kept traces on: one request per tenant, built from the buffered bytes."""
-        by_tenant: dict[str | None, dict[tuple[bytes, str], dict[tuple[bytes, str], list[bytearray]]]] = {}
+        """Hand the kept traces on: one request per origin (tenant, credentials), built from the
+        buffered bytes."""
+        by_origin: dict[Origin, dict[tuple[bytes, str], dict[tuple[bytes, str], list[bytearray]]]] = {}
         for trace in kept:
-            for (tenant, rkey, skey), spans in trace.parts.items():
-                by_tenant.setdefault(tenant, {}).setdefault(rkey, {}).setdefault(skey, []).append(spans)
-        for tenant, resources in by_tenant.items():
+            for (origin, rkey, skey), spans in trace.parts.items():
+                by_origin.setdefault(origin, {}).setdefault(rkey, {}).setdefault(skey, []).append(spans)
+        for origin, resources in by_origin.items():
             raw = encode_request(resources)
             request = ExportTraceServiceRequest.FromString(raw)
-            batch = Batch(request, count_spans(request), RequestContext("tail", tenant=tenant), raw)
+            context = RequestContext("tail", tenant=origin[0], credentials=origin[1])
+            batch = Batch(request, count_spans(request), context, raw)
             try:
                 self._emit(batch)
             except Exception:  # never lose the ticker over one batch; the emitter counts its drops

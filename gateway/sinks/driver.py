@@ -13,6 +13,9 @@ Guarantees (what the README promises for every sink):
   (`gateway.sinks.wal`) before the pipeline answers the client, and acknowledged in the log
   once delivered or dropped; after a crash the log's unacknowledged batches are delivered
   first, in order (at least once: a batch delivered just before a crash may be sent again).
+- A sink carrying several signals has one driver (queue, worker, log) per signal, as a
+  Collector exporter is instantiated once per pipeline; counts are in spans, log records or
+  metric data points.
 - One worker per sink sends batches in arrival order; a slow or failing sink only fills its own
   queue and never waits on (or makes wait) another sink or a receiver.
 """
@@ -28,11 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from gateway.batch import Batch, RequestContext
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
+from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import Rejected, Sink, SinkConfig
 from gateway.sinks.wal import WalFull, WriteAheadLog
 from gateway.telemetry import Metrics
@@ -50,15 +52,17 @@ class _Entry:
 
 
 class SinkDriver:
-    def __init__(self, name: str, sink: Sink, config: SinkConfig, metrics: Metrics) -> None:
+    def __init__(self, name: str, sink: Sink, config: SinkConfig, metrics: Metrics, signal: Signal = TRACES) -> None:
         self.name = name
+        self.signal = signal
+        self.key = name if signal is TRACES else f"{name}/{signal.name}"  # in /health and logs
         self.sink = sink
         self.config = config
         self.capacity = config.queue.max_spans
         self.when_full = config.queue.when_full
         self.status = "ok"
         self.last_error: str | None = None
-        self._log = get_logger(f"sink.{name}")
+        self._log = get_logger(f"sink.{self.key}")
         self._queue: deque[_Entry] = deque()
         self._queued_spans = 0  # waiting, not yet taken by the worker
         self._depth = 0  # waiting + being sent
@@ -66,9 +70,10 @@ class SinkDriver:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
-        self._sent = metrics.sink_sent_spans.labels(name)
-        self._failed = metrics.sink_failed_spans.labels(name)
-        self._dropped = metrics.sink_dropped_spans
+        counters = metrics.signals[signal.name]
+        self._sent = counters.sink_sent.labels(name)
+        self._failed = counters.sink_failed.labels(name)
+        self._dropped = counters.sink_dropped
         self._wal: WriteAheadLog | None = None
         self._disk: ThreadPoolExecutor | None = None
         self._disk_bytes = 0  # of admitted batches not yet acknowledged (appended or being appended)
@@ -76,7 +81,8 @@ class SinkDriver:
             # Disk is reclaimed a whole segment at a time: keep segments small next to the budget,
             # so dropping the oldest batches (or delivering them) frees space soon.
             segment = max(4096, min(16 * 1024 * 1024, config.queue.max_bytes // 8))
-            self._wal = WriteAheadLog(Path(config.queue.dir) / name, max_bytes=config.queue.max_bytes,
+            log_dir = name if signal is TRACES else f"{name}.{signal.name}"
+            self._wal = WriteAheadLog(Path(config.queue.dir) / log_dir, max_bytes=config.queue.max_bytes,
                                       fsync=config.queue.fsync, segment_bytes=segment)
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{name}")
 
@@ -181,7 +187,7 @@ class SinkDriver:
         if spans <= 0:
             return
         self._dropped.labels(self.name, reason).inc(spans)
-        self._log.warning("spans dropped", sink=self.name, spans=spans, reason=reason, **({"error": detail} if detail else {}))
+        self._log.warning(f"{self.signal.items.replace('_', ' ')} dropped", sink=self.key, count=spans, reason=reason, **({"error": detail} if detail else {}))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -198,8 +204,8 @@ class SinkDriver:
         records = await asyncio.get_running_loop().run_in_executor(self._disk, self._wal.open)
         spans = 0
         for record in records:
-            request = ExportTraceServiceRequest.FromString(record.request)
-            batch = Batch(request, record.spans, RequestContext("wal"), raw=record.request)
+            request = self.signal.request.FromString(record.request)
+            batch = Batch(request, record.spans, RequestContext("wal"), raw=record.request, signal=self.signal)
             entry = _Entry(batch, record.sequence, disk_bytes=len(record.request) + _RECORD_OVERHEAD)
             self._disk_bytes += entry.disk_bytes
             self._queue.append(entry)
@@ -208,7 +214,7 @@ class SinkDriver:
             spans += record.spans
         if records:
             self._first_arrival = time.monotonic()
-            self._log.info("delivering what the disk queue kept", sink=self.name, batches=len(records), spans=spans)
+            self._log.info("delivering what the disk queue kept", sink=self.key, batches=len(records), spans=spans)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking data, deliver what is queued within `timeout`, then close the sink.
@@ -228,16 +234,16 @@ class SinkDriver:
         if self._depth:
             if self._wal is not None:
                 self._log.warning("shutdown grace period over; undelivered spans kept in the disk queue",
-                                  sink=self.name, spans=self._depth)
+                                  sink=self.key, spans=self._depth)
             else:
-                self._log.error("shutdown grace period over; undelivered spans dropped", sink=self.name, spans=self._depth)
+                self._log.error("shutdown grace period over; undelivered spans dropped", sink=self.key, spans=self._depth)
                 self.drop(self._depth, "shutdown")
             self._queue.clear()
             self._queued_spans = self._depth = 0
         try:
             await self.sink.shutdown()
         except Exception:
-            self._log.error("sink failed to close", exc_info=True, sink=self.name)
+            self._log.error("sink failed to close", exc_info=True, sink=self.key)
         if self._wal is not None and self._disk is not None:
             await asyncio.get_running_loop().run_in_executor(self._disk, self._wal.close)
             self._disk.shutdown(wait=True)
@@ -308,11 +314,11 @@ class SinkDriver:
                         self.drop(spans, "retry_exhausted", str(exc))
                         done = True
                         return
-                    self._log.warning("send failed; will retry", sink=self.name, spans=spans, attempt=attempt,
+                    self._log.warning("send failed; will retry", sink=self.key, spans=spans, attempt=attempt,
                                       retry_in_s=round(delay, 3), error=str(exc))
                     await asyncio.sleep(delay)
                 except Exception as exc:  # a bug in the sink: never retried blindly, never silent
-                    self._log.error("sink raised an unexpected error; batch dropped", exc_info=True, sink=self.name)
+                    self._log.error("sink raised an unexpected error; batch dropped", exc_info=True, sink=self.key)
                     self._fail(spans, f"{type(exc).__name__}: {exc}", "failing")
                     self.drop(spans, "error")
                     done = True

@@ -6,6 +6,10 @@ a 4-byte big-endian length followed by a serialized `ExportTraceServiceRequest`.
 `compress: gzip` every write is one gzip member, so the file is always a valid gzip stream
 (`zcat` reads it) even if the process dies between writes.
 
+Each signal has its own file: `path` for traces, `logs_path` and `metrics_path` for the others
+(by default `path` with `.logs` / `.metrics` before its suffixes: `out.jsonl` -> `out.logs.jsonl`),
+so every file holds one kind of request, as the Collector's file exporter writes them.
+
 Rotation: when a write would take the file past `rotate_bytes`, the file is renamed to
 `<stem>-<UTC time><suffixes>` and a new one is started; only the `keep` newest rotated files are
 kept. Encoding and writing run on one thread of the sink's own, so a slow disk never blocks the
@@ -31,7 +35,7 @@ from gateway.batch import Batch
 from gateway.configtypes import ByteSize
 from gateway.errors import RetryableError
 from gateway.logs import get_logger
-from gateway.otlp.json_codec import encode_traces
+from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import SinkConfig
 
 _log = get_logger("sink.file")
@@ -45,13 +49,28 @@ class Config(SinkConfig):
     rotate_bytes: ByteSize = Field(100 * 1024 * 1024, description="Rotate before the file passes this size; 0 never rotates.")
     keep: int = Field(10, ge=0, description="Rotated files to keep (oldest deleted first).")
     compress: Literal["none", "gzip"] = "none"
+    logs_path: str | None = Field(None, description="Default: `path` with .logs before its suffixes.")
+    metrics_path: str | None = Field(None, description="Default: `path` with .metrics before its suffixes.")
+
+    def path_for(self, signal: Signal) -> str:
+        if signal is TRACES:
+            return self.path
+        explicit = self.logs_path if signal.name == "logs" else self.metrics_path
+        if explicit:
+            return explicit
+        path = Path(self.path)
+        stem, suffixes = _split_name(path.name)
+        return str(path.with_name(f"{stem}.{signal.name}{suffixes}"))
 
 
-def encode(batches: Sequence[Batch], fmt: str) -> list[bytes]:
+SIGNALS = ("traces", "logs", "metrics")
+
+
+def encode(batches: Sequence[Batch], fmt: str, signal: Signal = TRACES) -> list[bytes]:
     """One record for the whole batch, as chunks to write in order: merging requests is free
     in both encodings, and chunks go to `writev` without being joined first."""
     if fmt == "json":
-        return [encode_traces(b.request for b in batches), b"\n"]
+        return [signal.encode_json(b.request for b in batches), b"\n"]
     # Concatenated serializations of messages are the serialization of their merge.
     bodies = [b.serialized() for b in batches]
     return [struct.pack(">I", sum(map(len, bodies))), *bodies]
@@ -68,10 +87,11 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 
 
 class FileSink:
-    def __init__(self, name: str, config: Config) -> None:
+    def __init__(self, name: str, config: Config, signal: Signal = TRACES) -> None:
         self.name = name
         self.config = config
-        self.path = Path(config.path)
+        self.signal = signal
+        self.path = Path(config.path_for(signal))
         self._fd: int | None = None
         self._size = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{name}")
@@ -104,7 +124,7 @@ class FileSink:
             self._fd = None
 
     def _write(self, batches: Sequence[Batch]) -> None:
-        chunks = encode(batches, self.config.format)
+        chunks = encode(batches, self.config.format, self.signal)
         if self.config.compress == "gzip":
             chunks = [gzip.compress(b"".join(chunks), compresslevel=6)]
         size = sum(map(len, chunks))
@@ -142,5 +162,5 @@ def _split_name(name: str) -> tuple[str, str]:
     return (stem, dot + rest) if stem else (name, "")
 
 
-def create(name: str, config: Config) -> FileSink:
-    return FileSink(name, config)
+def create(name: str, config: Config, signal: Signal = TRACES) -> FileSink:
+    return FileSink(name, config, signal)

@@ -23,6 +23,9 @@ Failures are classified with the Collector's rules (the driver does the retrying
   anything else is permanent.
 - A success with `partial_success.rejected_spans > 0` returns `Rejected` (counted, never retried).
 
+Logs and metrics go the same way (`LogsService/Export`, `/v1/logs`; `MetricsService/Export`,
+`/v1/metrics`), one sink instance per signal. Jaeger takes traces only.
+
 `type: jaeger` is the same sink with Jaeger's defaults: gRPC to `localhost:4317` (or HTTP to
 `http://localhost:4318`), exports kept under Jaeger's 4 MiB gRPC message limit.
 """
@@ -45,7 +48,6 @@ import grpc
 import orjson
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import Field, model_validator
 
 from gateway import __version__
@@ -53,12 +55,14 @@ from gateway.batch import Batch
 from gateway.configtypes import ByteSize, Duration, StrictModel
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
+from gateway.otlp.signals import SIGNALS as ALL_SIGNALS
+from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import Rejected, SinkConfig, is_retry_of
 
 _log = get_logger("sink.otlp")
 
-EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-TRACES_PATH = "/v1/traces"
+SIGNALS = ("traces", "logs", "metrics")
+_SIGNAL_PATHS = tuple(s.http_path for s in ALL_SIGNALS.values())
 USER_AGENT = f"otelgate/{__version__}"
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024 - 64 * 1024  # under the 4 MiB gRPC default (Jaeger, otelgate, Collector)
 _GZIP_INLINE_MAX = 64 * 1024  # ~0.5 ms at level 6; larger bodies are compressed on a thread
@@ -117,11 +121,15 @@ class _BaseConfig(SinkConfig):
                 raise ValueError(f"headers: invalid header name {key!r}")
         return self
 
-    def url(self) -> str:
-        """The full HTTP URL: `/v1/traces` appended unless the path already ends with it."""
-        if urlsplit(self.endpoint).path.rstrip("/").endswith(TRACES_PATH):
-            return self.endpoint
-        return self.endpoint.rstrip("/") + TRACES_PATH
+    def url(self, signal: Signal = TRACES) -> str:
+        """The full HTTP URL: the signal's path (`/v1/traces`...) appended to the base URL; an
+        endpoint that already ends with a signal's path has it replaced."""
+        base = self.endpoint.rstrip("/")
+        for path in _SIGNAL_PATHS:
+            if urlsplit(base).path.endswith(path):
+                base = base[: -len(path)]
+                break
+        return base + signal.http_path
 
     def uses_tls(self) -> bool:
         return self.tls is not None or self.endpoint.lower().startswith("https://")
@@ -253,15 +261,15 @@ def classify_http(status: int, body: bytes, content_type: str, retry_after: str 
     return PermanentError(message)
 
 
-def _rejected(body: bytes) -> tuple[int, str]:
-    """`partial_success` of an `ExportTraceServiceResponse` (an unreadable body counts as full success)."""
+def _rejected(body: bytes, signal: Signal = TRACES) -> tuple[int, str]:
+    """`partial_success` of an export response (an unreadable body counts as full success)."""
     if not body:
         return 0, ""
     try:
-        response = ExportTraceServiceResponse.FromString(body)
+        response: Any = signal.response.FromString(body)
     except DecodeError:
         return 0, ""
-    return response.partial_success.rejected_spans, response.partial_success.error_message
+    return getattr(response.partial_success, signal.rejected_field), response.partial_success.error_message
 
 
 def _ssl_context(tls: TlsConfig | None) -> ssl.SSLContext:
@@ -286,9 +294,10 @@ def _read(path: str | None) -> bytes | None:
 
 
 class OtlpSink:
-    def __init__(self, name: str, config: _BaseConfig) -> None:
+    def __init__(self, name: str, config: _BaseConfig, signal: Signal = TRACES) -> None:
         self.name = name
         self.config = config
+        self.signal = signal
         self._session: aiohttp.ClientSession | None = None
         self._channel: grpc.aio.Channel | None = None
         self._export: Any = None
@@ -304,8 +313,8 @@ class OtlpSink:
         except (OSError, ssl.SSLError) as exc:
             raise OSError(f"sink {self.name}: cannot load its TLS files: {exc}") from exc
         config = self.config
-        _log.info("otlp sink configured", sink=self.name, protocol=config.protocol,
-                  endpoint=config.url() if config.protocol == "http" else config.endpoint)
+        _log.info("otlp sink configured", sink=self.name, signal=self.signal.name, protocol=config.protocol,
+                  endpoint=config.url(self.signal) if config.protocol == "http" else config.endpoint)
 
     def _open(self) -> None:
         config = self.config
@@ -334,7 +343,7 @@ class OtlpSink:
             else:
                 self._channel = grpc.aio.insecure_channel(target, options=options, compression=compression)
             # No serializers: the request is the concatenated received bytes, the response raw bytes.
-            self._export = self._channel.unary_unary(EXPORT_METHOD)
+            self._export = self._channel.unary_unary(self.signal.grpc_method)
 
     async def shutdown(self) -> None:
         if self._session is not None:
@@ -385,15 +394,15 @@ class OtlpSink:
             else:
                 body = gzip.compress(body, 6)
         try:
-            async with self._session.post(self.config.url(), data=body, headers=headers, allow_redirects=False) as response:
+            async with self._session.post(self.config.url(self.signal), data=body, headers=headers, allow_redirects=False) as response:
                 payload = await response.read()
                 if 200 <= response.status < 300:
                     protobuf = response.headers.get("Content-Type", "application/x-protobuf").startswith("application/x-protobuf")
-                    return _rejected(payload) if protobuf else (0, "")
+                    return _rejected(payload, self.signal) if protobuf else (0, "")
                 raise classify_http(response.status, payload, response.headers.get("Content-Type", ""),
                                     response.headers.get("Retry-After"))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise RetryableError(f"HTTP export to {self.config.url()} failed: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            raise RetryableError(f"HTTP export to {self.config.url(self.signal)} failed: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
     async def _send_grpc(self, body: bytes) -> tuple[int, str]:
         metadata = tuple((k.lower(), v) for k, v in self.config.headers.items())
@@ -401,13 +410,14 @@ class OtlpSink:
             response = await self._export(body, timeout=self.config.timeout, metadata=metadata or None)
         except grpc.aio.AioRpcError as exc:
             raise classify_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from exc
-        return _rejected(response)
+        return _rejected(response, self.signal)
 
 
-def create(name: str, config: _BaseConfig) -> OtlpSink:
-    return OtlpSink(name, config)
+def create(name: str, config: _BaseConfig, signal: Signal = TRACES) -> OtlpSink:
+    return OtlpSink(name, config, signal)
 
 
 jaeger = ModuleType(f"{__name__}.jaeger", "`type: jaeger`: the OTLP sink with Jaeger's defaults.")
 jaeger.Config = JaegerConfig  # type: ignore[attr-defined]
 jaeger.create = create  # type: ignore[attr-defined]
+jaeger.SIGNALS = ("traces",)  # type: ignore[attr-defined]  # Jaeger ingests traces only

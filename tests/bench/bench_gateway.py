@@ -715,8 +715,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
                    "llm_share": args.llm_share, "trace_spans": args.trace_spans, "processors": not args.no_processors,
+                   "redact": args.redact,
                    "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
-                   "sink_path": "/dev/null" if args.discard else "file in a temp dir", "tail": tail_settings(args)},
+                   "sink_path": "/dev/null" if args.discard else "file in a temp dir",
+                   "limits": json.loads(args.limits) if args.limits else None, "tail": tail_settings(args)},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "note": "client processes share the machine's cores with the gateway: spans_per_s is bounded by the "
                 "clients' CPU too; gateway.spans_per_s_per_core (gateway CPU time only) is not",
@@ -743,6 +745,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.no_processors:
         config["pipeline"] = {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")}
+    if args.redact:
+        config.setdefault("pipeline", {})["redact"] = {
+            "enabled": True, "content": args.redact, "hash_secret": "bench-secret-0123456789"}
+    if args.limits:
+        config["limits"] = json.loads(args.limits)
     if args.tail:
         config["sampling"] = {"tail": tail_settings(args)}
     receiver = None
@@ -938,7 +945,8 @@ def report(r: dict[str, Any]) -> str:
         f"{r['traces_per_request']:.1f} traces per request, new ids every pass over the pool "
         f"({r['trace_id_rewrite_us_per_request']:.1f} us per request in the client); processors "
         f"{'normalize, price, llm_metrics' if c['processors'] else 'off'}; sink {c['sink']}, "
-        f"{c['queue']} queue" + (f" (fsync {c['fsync']})" if c['fsync'] else ""),
+        f"{c['queue']} queue" + (f" (fsync {c['fsync']})" if c['fsync'] else "")
+        + (f"; redact, content {c['redact']}" if c.get("redact") else ""),
         f"machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}. The client processes share these "
         f"cores with the gateway,",
         "  so spans/s below is bounded by the clients too; the per-core figure (gateway CPU only) is not.",
@@ -1042,7 +1050,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsync", choices=("always", "batch", "never"), default="batch", help="disk queue fsync")
     parser.add_argument("--no-processors", action="store_true",
                         help="disable normalize, price and llm_metrics (receive -> sink only)")
+    parser.add_argument("--redact", choices=("keep", "drop", "hash", "truncate"),
+                        help="enable pipeline.redact (all detectors) with this content mode")
     parser.add_argument("--format", choices=("proto", "json"), default="proto", help="file sink format")
+    parser.add_argument("--limits", metavar="JSON",
+                        help='the gateway\'s `limits:` as JSON, e.g. \'{"max_attributes_per_span": 128}\'')
     parser.add_argument("--discard", action="store_true",
                         help="file sink path /dev/null: everything but the page-cache write (delivery checked by metric)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random trace/span ids")

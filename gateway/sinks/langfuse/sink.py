@@ -7,6 +7,11 @@ user/session/environment) on a copy of the batch, and `encode.split` cuts it int
 `max_request_bytes` without separating a trace from its root. 401/403 mean the keys are wrong:
 not retried, and the server's message shows on /health. Other answers follow the OTLP sink's
 rules (429/502/503/504 and connection errors retried, honouring Retry-After).
+
+With `forward_credentials: true`, data that came in on otelgate's Langfuse-compatible path is
+sent with the key pair its sender authenticated with (so each team's Langfuse SDK keeps writing
+to its own project), and other data with the sink's own keys; data with neither is refused by
+the sink (counted as `rejected`). A send holding several key pairs becomes one export per pair.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from collections.abc import Sequence
 from typing import Literal
 
 import aiohttp
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway import __version__
 from gateway.batch import Batch
 from gateway.configtypes import ByteSize, Duration
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
+from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import Rejected, SinkConfig, is_retry_of
 from gateway.sinks.langfuse.encode import prepare, split
 from gateway.sinks.otlp import classify_http
@@ -38,13 +44,23 @@ _log = get_logger("sink.langfuse")
 class Config(SinkConfig):
     type: Literal["langfuse"]
     endpoint: str = Field(pattern=r"^https?://", description="e.g. https://cloud.langfuse.com or a self-hosted URL")
-    public_key: str = Field(min_length=1)
-    secret_key: str = Field(min_length=1, repr=False)
+    public_key: str | None = Field(None, min_length=1, description="Required unless forward_credentials.")
+    secret_key: str | None = Field(None, min_length=1, repr=False)
+    forward_credentials: bool = Field(
+        False, description="Send data that came in on the Langfuse path with its sender's key pair.")
     environment: str | None = Field(None, description="Langfuse's rule: [a-z0-9-_], at most 40, not starting with langfuse")
     release: str | None = None
     timeout: Duration = 10.0
     max_request_bytes: ByteSize = Field(
         4 * 1024 * 1024, gt=0, description="Stay well under Langfuse Cloud's 5 MB per request (before gzip).")
+
+    @model_validator(mode="after")
+    def _keys(self) -> "Config":
+        if (self.public_key is None) != (self.secret_key is None):
+            raise ValueError("give both public_key and secret_key")
+        if self.public_key is None and not self.forward_credentials:
+            raise ValueError("public_key and secret_key are required (unless forward_credentials: true)")
+        return self
 
     @field_validator("endpoint")
     @classmethod
@@ -64,9 +80,9 @@ class LangfuseSink:
         self.name = name
         self.config = config
         self.url = config.endpoint + PATH
-        token = base64.b64encode(f"{config.public_key}:{config.secret_key}".encode()).decode()
-        self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/x-protobuf",
-                         "Content-Encoding": "gzip", "User-Agent": f"otelgate/{__version__}"}
+        self._headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip",
+                         "User-Agent": f"otelgate/{__version__}"}
+        self._own = (config.public_key, config.secret_key) if config.public_key and config.secret_key else None
         self._session: aiohttp.ClientSession | None = None
         # Exports of a send already accepted, so a retry after a partial failure resends only the rest.
         self._pending: list[Batch] | None = None
@@ -82,26 +98,43 @@ class LangfuseSink:
             session, self._session = self._session, None
             await session.close()
 
+    def _credentials(self, batch: Batch) -> tuple[str, str] | None:
+        if self.config.forward_credentials and batch.context.credentials is not None:
+            return batch.context.credentials
+        return self._own
+
     async def send(self, batches: Sequence[Batch]) -> Rejected | None:
         if not is_retry_of(self._pending, batches):
             self._pending, self._done = list(batches), set()
+        by_pair: dict[tuple[str, str] | None, list[Batch]] = {}
+        for batch in batches:
+            by_pair.setdefault(self._credentials(batch), []).append(batch)
+        homeless = by_pair.pop(None, [])
         # Copying and rewriting thousands of spans takes milliseconds: off the event loop.
-        pieces = await asyncio.to_thread(self._encode, [b.request for b in batches])
-        for i, body in enumerate(pieces):
+        pieces = await asyncio.to_thread(self._encode, by_pair)
+        for i, (pair, body) in enumerate(pieces):
             if i not in self._done:
-                await self._post(body)  # a RetryableError leaves _done for the driver's retry
+                await self._post(body, pair)  # a RetryableError leaves _done for the driver's retry
                 self._done.add(i)
         self._pending, self._done = None, set()
+        if homeless:
+            return Rejected(sum(b.spans for b in homeless), "no Langfuse key pair: the data did not come in on the "
+                            "Langfuse path and the sink has no public_key/secret_key")
         return None
 
-    def _encode(self, requests: list) -> list[bytes]:
-        request = prepare(requests, environment=self.config.environment, release=self.config.release)
-        return [gzip.compress(piece, 6) for piece in split(request, self.config.max_request_bytes)]
+    def _encode(self, by_pair: dict[tuple[str, str], list[Batch]]) -> list[tuple[tuple[str, str], bytes]]:
+        out = []
+        for pair, group in by_pair.items():
+            request = prepare([b.request for b in group], environment=self.config.environment, release=self.config.release)
+            out.extend((pair, gzip.compress(piece, 6)) for piece in split(request, self.config.max_request_bytes))
+        return out
 
-    async def _post(self, body: bytes) -> None:
+    async def _post(self, body: bytes, pair: tuple[str, str]) -> None:
         assert self._session is not None, "send() before start()"
+        token = base64.b64encode(f"{pair[0]}:{pair[1]}".encode()).decode()
+        headers = {**self._headers, "Authorization": f"Basic {token}"}
         try:
-            async with self._session.post(self.url, data=body, headers=self._headers, allow_redirects=False) as r:
+            async with self._session.post(self.url, data=body, headers=headers, allow_redirects=False) as r:
                 payload = await r.read()
                 if 200 <= r.status < 300:
                     return
@@ -109,9 +142,15 @@ class LangfuseSink:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise RetryableError(f"Langfuse export to {self.url} failed: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         if r.status in (401, 403):
-            raise PermanentError(f"{error} (check public_key/secret_key of sink {self.name})")
+            whose = f"public key {pair[0]}" if pair != self._own else f"public_key/secret_key of sink {self.name}"
+            raise PermanentError(f"{error} (check {whose})")
         raise error
 
 
-def create(name: str, config: Config) -> LangfuseSink:
+SIGNALS = ("traces",)  # Langfuse ingests traces only over OTLP
+
+
+def create(name: str, config: Config, signal: Signal = TRACES) -> LangfuseSink:
+    if signal is not TRACES:  # config validation routes only traces here
+        raise ValueError(f"sink {name}: Langfuse takes traces only, not {signal.name}")
     return LangfuseSink(name, config)
