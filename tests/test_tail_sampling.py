@@ -89,6 +89,31 @@ def test_error_policy_keeps_errors_and_http_5xx_only() -> None:
     assert h.metric("otelgate_sampled_spans_total", policy="tail", decision="dropped") == 4
 
 
+def test_http_5xx_is_found_whatever_the_value_looks_like() -> None:
+    """The error policy reads usual statuses off the span's bytes: it must agree with the attributes."""
+    values: list[object] = [0, 1, 127, 128, 200, 255, 256, 383, 384, 499, 500, 503, 511, 16383, 16384, 10**6, -1, -503,
+                            2**62, 499.0, 500.0, 502.5, "503", "200", "abc", "", True, None]
+    h = Harness("[{type: error}]")
+    expected = set()
+    for i, (tid, value) in enumerate(zip(_ids(4 * len(values), seed=5), values * 4)):
+        req = _trace(tid, spans=1)
+        span = req.resource_spans[0].scope_spans[0].spans[0]
+        key = ("http.response.status_code", "http.status_code")[i % 2]
+        kv = span.attributes.add(key=key) if value is None else _kv(key, value)
+        if value is not None:
+            span.attributes.append(kv)
+        if i >= 2 * len(values):  # noise around it: a 5xx on an event only, and a string holding a status's encoding
+            span.events.add(name="retry").attributes.append(_kv("http.response.status_code", 503))
+            span.attributes.append(_kv("note", "\x0a\x10http.status_code\x12\x02\x18\x05"))
+        code = value if isinstance(value, (int, float)) and not isinstance(value, bool) else \
+            int(value) if isinstance(value, str) and value.isdigit() else None
+        if code is not None and code >= 500:
+            expected.add(tid)
+        h.add(req)
+    h.buffer.decide_all("shutdown")
+    assert h.kept_traces() == expected and len(expected) == 4 * 10
+
+
 @pytest.mark.parametrize(("policy", "traces", "kept"), [
     ("{type: latency, threshold: 2s}", [{"duration_s": 1.0}, {"duration_s": 2.5}], [1]),
     ("{type: cost, threshold_usd: 0.05}", [{"attrs": {"gen_ai.usage.cost": 0.04}}, {"attrs": {"gen_ai.usage.cost": 0.06}},
@@ -191,6 +216,19 @@ def test_late_spans_follow_the_decision() -> None:
     assert h.metric("otelgate_tail_late_spans_total", decision="kept") == 1
     assert h.metric("otelgate_tail_late_spans_total", decision="dropped") == 1
     assert h.buffer.traces == 0
+
+
+def test_decision_cache_forgets_the_oldest_decisions_first() -> None:
+    h = Harness("[{type: error}]", decision_cache=3)
+    ids = _ids(5, seed=3)
+    for tid in ids:
+        h.add(_trace(tid, error=True))
+        h.buffer.decide_all("shutdown")  # one at a time: decided in this order
+    h.out.clear()
+    for tid in ids:
+        h.add(_trace(tid, spans=1, root=False))
+    assert h.kept_traces() == set(ids[2:])  # the newest 3 remembered: late spans follow at once
+    assert h.buffer.traces == 2  # the oldest 2 forgotten: buffered as new traces
 
 
 def test_memory_bound_decides_the_oldest_early() -> None:

@@ -12,8 +12,9 @@ traces idle longest are decided early, never dropped unseen, and counted in
 sampler) every buffered trace is decided at once, so nothing accepted is left undecided.
 
 Spans are held as their protobuf encoding (no live protobuf objects: compact, and no Python
-references into the received request), grouped by tenant, resource and scope; the traces
-decided in one pass are written out as one request by concatenating those bytes, parsed once.
+references into the received request), one bytearray per trace, tenant, resource and scope,
+already framed as `ScopeSpans.spans` fields; the traces decided in one pass are written out as
+one request by joining those bytes, parsed once.
 
 One process sees only the traces that reach it: in front of several replicas, route by trace id
 (e.g. the Collector's `loadbalancing` exporter with `routing_key: traceID`).
@@ -22,6 +23,7 @@ One process sees only the traces that reach it: in front of several replicas, ro
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from typing import Annotated, Any, Literal, Union
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import Field
 
-from gateway.batch import Batch, RequestContext
+from gateway.batch import Batch, RequestContext, count_spans
 from gateway.configtypes import ByteSize, Duration, StrictModel
 from gateway.llm.call import AGGREGATE, COST, DUPLICATE_OF, INPUT_TOKENS, OUTPUT_TOKENS
 from gateway.logs import get_logger
@@ -42,6 +44,12 @@ from gateway.telemetry import Metrics
 _log = get_logger("tail")
 _SPAN_OVERHEAD = 64  # bookkeeping bytes counted per buffered span besides its encoding
 _HTTP_STATUS_KEYS = ("http.response.status_code", "http.status_code")
+# An HTTP status attribute as a span's encoding holds it (upb writes fields in number order):
+# KeyValue.key (tag 0x0a), KeyValue.value (tag 0x12, then the AnyValue's length); the group is
+# not empty if an int_value (tag 0x18) below 500 follows, as a 1- or 2-byte varint (500 = f4 03).
+_HTTP_STATUS = re.compile(
+    b"(?:" + b"|".join(b"\x0a" + bytes((len(k),)) + re.escape(k.encode()) + b"\x12" for k in _HTTP_STATUS_KEYS) + b")"
+    b"((?:\x02\x18[\x00-\x7f]|\x03\x18(?:[\x80-\xff][\x01\x02]|[\x80-\xf3]\x03))?)")
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -119,7 +127,9 @@ class Trace:
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
-        self.parts: dict[PartKey, list[bytes]] = {}
+        # Per part, its spans as encoded `ScopeSpans.spans` fields, ready to be joined into a
+        # request. A bytearray, not a list of bytes: the garbage collector does not walk it.
+        self.parts: dict[PartKey, bytearray] = {}
         self.spans = 0
         self.bytes = 0
         self.start = 0
@@ -139,17 +149,20 @@ class Policies:
     def __init__(self, config: TailConfig, metrics: Metrics) -> None:
         self.combine_all = config.combine == "all"
         self.matches: list[Match] = []
-        self._checks: list[tuple[str, Callable[[Trace], bool]]] = []
-        self._limits: list[tuple[str, _TokenBucket]] = []
+        # Each policy with its counters ({verdict: child}), looked up once: `labels()` per
+        # decision and policy cost more than the checks themselves.
+        self._checks: list[tuple[Callable[[Trace], bool], dict[bool, Any]]] = []
+        self._limits: list[tuple[_TokenBucket, dict[bool, Any]]] = []
+        counter = metrics.tail_policy_traces
         for policy in config.policies:
             name = policy.name or policy.type
+            counts = {True: counter.labels(name, "kept"), False: counter.labels(name, "dropped")}
             if isinstance(policy, RateLimitPolicy):
-                self._limits.append((name, _TokenBucket(policy.traces_per_second)))
+                self._limits.append((_TokenBucket(policy.traces_per_second), counts))
             else:
-                self._checks.append((name, self._check(policy)))
+                self._checks.append((self._check(policy), counts))
         self.active = bool(config.policies)
         self.needs_usage = any(isinstance(p, (CostPolicy, TokensPolicy)) for p in config.policies)
-        self._counter = metrics.tail_policy_traces
 
     def _check(self, policy: Any) -> Callable[[Trace], bool]:
         if isinstance(policy, ErrorPolicy):
@@ -173,18 +186,17 @@ class Policies:
 
     def decide(self, trace: Trace) -> bool:
         verdicts = []
-        count = self._counter.labels
-        for name, check in self._checks:
+        for check, counts in self._checks:
             verdict = check(trace)
             verdicts.append(verdict)
-            count(name, "kept" if verdict else "dropped").inc()
+            counts[verdict].inc()
         decided = all(verdicts) if self.combine_all else any(verdicts)
         # Rate limits are asked last, and only if the trace would otherwise be kept (all) or
         # not (any), so a token is spent only when it makes the difference.
         if self._limits and (decided if self.combine_all else not decided):
-            for name, bucket in self._limits:
+            for bucket, counts in self._limits:
                 verdict = bucket.take()
-                count(name, "kept" if verdict else "dropped").inc()
+                counts[verdict].inc()
                 decided = verdict
                 if decided != self.combine_all:
                     break
@@ -226,10 +238,14 @@ class TraceBuffer:
         policies = self._policies
         self._traces: OrderedDict[bytes, Trace] = OrderedDict()  # by last arrival, oldest first
         self._rooted: OrderedDict[bytes, Trace] = OrderedDict()  # those whose root has arrived
-        self._decided: dict[bytes, bool] = {}  # bounded, oldest first
+        # Bounded, oldest first. An OrderedDict, not a dict: evicting a plain dict's oldest key
+        # walks past every slot deleted before it (tens of us per decision once full).
+        self._decided: OrderedDict[bytes, bool] = OrderedDict()
         self._bytes = 0
         self._task: asyncio.Task[None] | None = None
-        self._tick = max(0.05, min(1.0, config.decision_wait / 4, config.idle / 2 if config.idle else 1.0))
+        # A short tick: the traces due are decided in small steps, not in one pause of the event
+        # loop (20,000 traces/s held 5 s: about 150 ms of deciding at once with a 1 s tick).
+        self._tick = max(0.05, min(0.1, config.decision_wait / 4, config.idle / 2 if config.idle else 0.1))
         policy = "tail" if policies is not None else "trace_buffer"
         self._kept_spans = metrics.sampled_spans.labels(policy, "kept")
         self._dropped_spans = metrics.sampled_spans.labels(policy, "dropped")
@@ -272,7 +288,7 @@ class TraceBuffer:
                         verdict = decided.get(tid)
                         if verdict is not None:  # a late span: its trace was decided
                             if verdict:
-                                late.parts.setdefault(part, []).append(data)
+                                _hold(late.parts, part, data)
                                 late.spans += 1
                             else:
                                 late_dropped += 1
@@ -284,7 +300,7 @@ class TraceBuffer:
                         trace.last = now
                         if trace.rooted:
                             rooted.move_to_end(tid)
-                    trace.parts.setdefault(part, []).append(data)
+                    _hold(trace.parts, part, data)
                     trace.spans += 1
                     size = len(data) + _SPAN_OVERHEAD
                     trace.bytes += size
@@ -293,7 +309,7 @@ class TraceBuffer:
                         trace.start = span.start_time_unix_nano
                     if span.end_time_unix_nano > trace.end:
                         trace.end = span.end_time_unix_nano
-                    if not trace.error and (span.status.code == 2 or (b"status_code" in data and _http_error(span))):
+                    if not trace.error and (span.status.code == 2 or (b"status_code" in data and _http_error(span, data))):
                         trace.error = True
                     if not trace.tracestate and span.trace_state:
                         trace.tracestate = span.trace_state
@@ -357,7 +373,7 @@ class TraceBuffer:
             decided = self._decided
             decided[tid] = verdict
             if len(decided) > self.config.decision_cache:
-                del decided[next(iter(decided))]
+                decided.popitem(last=False)
         if verdict:
             kept.append(trace)
             self._kept_spans.inc(trace.spans)
@@ -396,16 +412,15 @@ class TraceBuffer:
     def _write(self, kept: list[Trace]) -> None:
         """Hand the kept traces on: one request per origin (tenant, credentials), built from the
         buffered bytes."""
-        by_origin: dict[Origin, dict[tuple[bytes, str], dict[tuple[bytes, str], list[bytes]]]] = {}
-        counts: dict[Origin, int] = {}
+        by_origin: dict[Origin, dict[tuple[bytes, str], dict[tuple[bytes, str], list[bytearray]]]] = {}
         for trace in kept:
             for (origin, rkey, skey), spans in trace.parts.items():
-                by_origin.setdefault(origin, {}).setdefault(rkey, {}).setdefault(skey, []).extend(spans)
-                counts[origin] = counts.get(origin, 0) + len(spans)
+                by_origin.setdefault(origin, {}).setdefault(rkey, {}).setdefault(skey, []).append(spans)
         for origin, resources in by_origin.items():
             raw = encode_request(resources)
+            request = ExportTraceServiceRequest.FromString(raw)
             context = RequestContext("tail", tenant=origin[0], credentials=origin[1])
-            batch = Batch(ExportTraceServiceRequest.FromString(raw), counts[origin], context, raw)
+            batch = Batch(request, count_spans(request), context, raw)
             try:
                 self._emit(batch)
             except Exception:  # never lose the ticker over one batch; the emitter counts its drops
@@ -430,7 +445,14 @@ class TraceBuffer:
         self.decide_all(reason)
 
 
-def _http_error(span: Any) -> bool:
+def _http_error(span: Any, data: bytes) -> bool:
+    """An HTTP status >= 500 among the span's attributes (`data`: the span's encoding).
+
+    Most spans that carry a status carry an integer below 500: matched on the bytes, the usual
+    case costs one regex scan instead of a walk over every attribute in Python (0.4 us, not 3).
+    """
+    if all(_HTTP_STATUS.findall(data)):  # each status found is an integer below 500
+        return False
     for kv in span.attributes:
         if kv.key in _HTTP_STATUS_KEYS:
             code = number(kv.value)
@@ -464,32 +486,46 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: int, body: bytes | bytearray) -> bytes:
-    return bytes((tag,)) + _varint(len(body)) + body
+def _head(tag: int, size: int) -> bytes:
+    return bytes((tag,)) + _varint(size)
 
 
-def encode_request(resources: dict[tuple[bytes, str], dict[tuple[bytes, str], list[bytes]]]) -> bytes:
-    """An ExportTraceServiceRequest's encoding from encoded resources, scopes and spans.
+def _hold(parts: dict[PartKey, bytearray], part: PartKey, span: bytes) -> None:
+    """Append a span to its part as a `ScopeSpans.spans` field (tag 0x12, length, bytes)."""
+    held = parts.get(part)
+    if held is None:
+        held = parts[part] = bytearray()
+    size = len(span)
+    held += bytes((0x12, size & 0x7F | 0x80, size >> 7)) if 0x80 <= size < 0x4000 else _head(0x12, size)
+    held += span
+
+
+def encode_request(resources: dict[tuple[bytes, str], dict[tuple[bytes, str], list[bytearray]]]) -> bytes:
+    """An ExportTraceServiceRequest's encoding from encoded resources, scopes and spans (runs of
+    encoded `ScopeSpans.spans` fields, see `_hold`).
 
     Field numbers (opentelemetry/proto/trace/v1/trace.proto): request.resource_spans = 1;
     ResourceSpans.resource = 1, .scope_spans = 2, .schema_url = 3; ScopeSpans.scope = 1,
     .spans = 2, .schema_url = 3. Length-delimited fields, so tags are (n << 3) | 2.
+    Pieces are listed first (a message's length is the sum of its pieces') and joined once, so
+    each span's bytes are copied once (several times faster than growing a buffer per level).
     """
-    out = bytearray()
+    out: list[bytes] = []
     for (resource, resource_schema), scopes in resources.items():
-        rs = bytearray()
+        rs: list[bytes] = []
         if resource:
-            rs += _field(0x0A, resource)
+            rs += (_head(0x0A, len(resource)), resource)
         for (scope, scope_schema), spans in scopes.items():
-            ss = bytearray()
-            if scope:
-                ss += _field(0x0A, scope)
-            for span in spans:
-                ss += b"\x12" + _varint(len(span)) + span
+            ss: list[bytes] = [_head(0x0A, len(scope)), scope] if scope else []
+            ss += spans
             if scope_schema:
-                ss += _field(0x1A, scope_schema.encode())
-            rs += _field(0x12, ss)
+                schema = scope_schema.encode()
+                ss += (_head(0x1A, len(schema)), schema)
+            rs.append(_head(0x12, sum(map(len, ss))))
+            rs += ss
         if resource_schema:
-            rs += _field(0x1A, resource_schema.encode())
-        out += _field(0x0A, rs)
-    return bytes(out)
+            schema = resource_schema.encode()
+            rs += (_head(0x1A, len(schema)), schema)
+        out.append(_head(0x0A, sum(map(len, rs))))
+        out += rs
+    return b"".join(out)

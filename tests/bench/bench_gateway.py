@@ -4,14 +4,18 @@
 Run from the repository root (see tests/bench/README.md):
 
     .venv/bin/python tests/bench/bench_gateway.py [--protocol grpc|http|both] [--clients N]
-        [--concurrency C] [--duration S] [--max-requests N] [--json]
+        [--concurrency C] [--duration S] [--max-requests N] [--llm-share F] [--trace-spans N]
+        [--tail WAIT [--tail-keep PCT] [--tail-cost USD]] [--json]
 
 What it does, in one bounded run (about duration + 15 s):
 
 1. Builds a pool of distinct export requests of exactly 100 spans each from the real LLM spans
    of the fixtures (every fixture span in turn, each copy with fresh random trace/span ids, parent
    and link ids remapped consistently, one ResourceSpans per fixture resource and one ScopeSpans
-   per fixture scope), serialized before any clock starts.
+   per fixture scope), serialized before any clock starts. With `--llm-share` < 1, ordinary
+   HTTP/DB spans in traces of `--trace-spans` fill the rest. Each client XORs the low 8 bytes of
+   every trace id with a key per (pass over the pool, client), so every trace of the run is new
+   and whole (about 0.1 us per span, the offsets found when the pool is built).
 2. Starts the gateway (`python -m gateway run`, file sink `format: proto`, no rotation) in a
    temporary directory on ephemeral loopback ports.
 3. Measures the ceiling in this process while the gateway sits idle: protobuf
@@ -32,6 +36,14 @@ does but the page-cache write; delivery is then checked with the sink's `sent` m
 `--profile FILE` samples the gateway with py-spy during the load and prints where its time goes,
 `--json` prints every figure as one JSON object.
 
+`--tail WAIT` turns on tail sampling (`decision_wait` WAIT s, `idle` WAIT s unless `--tail-idle`;
+policies error, cost > `--tail-cost` USD, probabilistic `--tail-keep` %). The buffer's gauges
+(traces and bytes held) are read every 0.2 s (in every run, so the scrapes cost the same); the
+gateway's CPU is also reported for the load window alone, since the last WAIT s of traces are
+decided after it. After the load it waits until the buffer is empty and the sink has written
+everything kept, and checks: spans in the file == `otelgate_sampled_spans_total{policy="tail",
+decision="kept"}`, and kept + dropped == accepted == acknowledged.
+
 The goal (issue): gateway spans/s per core >= 0.5 x the parse+serialize ceiling.
 """
 
@@ -39,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -50,6 +63,7 @@ import signal
 import struct
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -90,8 +104,12 @@ def fixture_spans() -> list[tuple[tuple[Any, ...], Any, tuple[Any, ...], Any, An
     return out
 
 
-def plain_spans(count: int) -> list[tuple[tuple[Any, ...], Any, tuple[Any, ...], Any, Any]]:
-    """Ordinary spans of a web service: HTTP server/client and database calls, no LLM attributes."""
+def plain_spans(count: int, spans_per_trace: int) -> list[tuple[tuple[Any, ...], Any, tuple[Any, ...], Any, Any]]:
+    """Ordinary spans of a web service, no LLM attributes, in traces of `spans_per_trace` spans.
+
+    Each trace is an HTTP server span (the root), then database and outgoing HTTP calls as its
+    children, in turn. Every 100th trace failed: its root answered HTTP 500 (status ERROR).
+    """
     rs = ResourceSpans(resource={"attributes": [
         {"key": "service.name", "value": {"string_value": "checkout"}},
         {"key": "service.version", "value": {"string_value": "1.4.2"}},
@@ -100,12 +118,14 @@ def plain_spans(count: int) -> list[tuple[tuple[Any, ...], Any, tuple[Any, ...],
     ss = ScopeSpans(scope={"name": "opentelemetry.instrumentation.flask", "version": "0.50b0"})
     out = []
     for i in range(count):
-        kind = i % 3
+        trace, position = divmod(i, spans_per_trace)
+        failed = position == 0 and trace % 100 == 99
+        kind = 0 if position == 0 else 2 - position % 2
         if kind == 0:
             attrs = {"http.request.method": "POST", "url.path": f"/api/orders/{i}", "url.scheme": "https",
-                     "http.route": "/api/orders/<id>", "http.response.status_code": 200, "server.address": "shop.example",
-                     "server.port": 443, "client.address": "10.1.2.3", "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64)",
-                     "network.protocol.version": "1.1"}
+                     "http.route": "/api/orders/<id>", "http.response.status_code": 500 if failed else 200,
+                     "server.address": "shop.example", "server.port": 443, "client.address": "10.1.2.3",
+                     "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64)", "network.protocol.version": "1.1"}
             name = "POST /api/orders/<id>"
         elif kind == 1:
             attrs = {"db.system.name": "postgresql", "db.namespace": "shop", "db.operation.name": "SELECT",
@@ -117,28 +137,38 @@ def plain_spans(count: int) -> list[tuple[tuple[Any, ...], Any, tuple[Any, ...],
                      "http.response.status_code": 200, "server.address": "inventory.internal", "server.port": 443,
                      "network.peer.address": "10.4.5.6"}
             name = "GET"
-        span = Span(trace_id=b"\x01" * 16, span_id=(i + 1).to_bytes(8, "big"), name=name, kind=2 + (kind > 0),
-                    start_time_unix_nano=1_795_328_849_000_000_000 + i, end_time_unix_nano=1_795_328_849_004_000_000 + i,
+        span = Span(trace_id=(trace + 1).to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"), name=name,
+                    kind=2 + (kind > 0), start_time_unix_nano=1_795_328_849_000_000_000 + i,
+                    end_time_unix_nano=1_795_328_849_004_000_000 + i,
                     attributes=[{"key": k, "value": {"int_value": v} if isinstance(v, int) else {"string_value": v}}
                                 for k, v in attrs.items()])
+        if position:
+            span.parent_span_id = (i - position + 1).to_bytes(8, "big")
+        if failed:
+            span.status.code = 2  # STATUS_CODE_ERROR
         out.append((("plain",), rs, ("plain", 0), ss, span))
     return out
 
 
-def build_pool(count: int, spans_per_request: int, seed: int, llm_share: float = 1.0) -> list[bytes]:
+def build_pool(count: int, spans_per_request: int, seed: int, llm_share: float = 1.0,
+               trace_spans: int = 3) -> list[bytes]:
     """`count` distinct serialized requests of exactly `spans_per_request` spans.
 
     The fixture spans are taken in turn, cycling; each pass over them gets fresh random ids
     (trace, span, parent and link ids remapped consistently, so traces stay well formed).
     With `llm_share` < 1, that share of the spans is fixture (LLM) spans and the rest ordinary
-    HTTP and database spans, interleaved.
+    HTTP and database spans in traces of `trace_spans`, interleaved (`llm_share` 0: ordinary
+    spans only).
     """
     rng = random.Random(seed)
     llm = fixture_spans()
     if llm_share >= 1.0:
         source = llm
     else:
-        plain = plain_spans(max(1, round(len(llm) * (1 - llm_share) / max(llm_share, 1e-9))))
+        plain_count = round(len(llm) * (1 - llm_share) / llm_share) if llm_share > 0 else 20 * len(llm)
+        plain = plain_spans(max(1, plain_count), trace_spans)
+        if llm_share <= 0:
+            llm = []
         source = []
         for i in range(max(len(llm), len(plain))):
             if i < len(llm):
@@ -187,6 +217,67 @@ def build_pool(count: int, spans_per_request: int, seed: int, llm_share: float =
     return pool
 
 
+# Span.trace_id and Link.trace_id are both field 1, length-delimited, 16 bytes: tag 0x0a, length 0x10.
+TRACE_ID_FIELD = b"\x0a\x10"
+
+
+def trace_id_offsets(body: bytes) -> list[int]:
+    """Where the low 8 bytes of every trace id in the serialized request start (spans' and links')."""
+    request = ExportTraceServiceRequest.FromString(body)
+    expected: dict[bytes, int] = {}
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                for tid in (span.trace_id, *(link.trace_id for link in span.links)):
+                    expected[tid] = expected.get(tid, 0) + 1
+    offsets = []
+    for tid, count in expected.items():
+        needle = TRACE_ID_FIELD + tid
+        found = []
+        at = body.find(needle)
+        while at >= 0:
+            found.append(at + len(TRACE_ID_FIELD) + 8)
+            at = body.find(needle, at + 1)
+        if len(found) != count:  # a chance match elsewhere in the body: never rewrite blindly
+            raise RuntimeError(f"trace id {tid.hex()} found {len(found)} times in a request, expected {count}")
+        offsets += found
+    return sorted(offsets)
+
+
+def lap_key(lap: int, client: int) -> int:
+    """The 64-bit XOR key of one client's `lap`-th pass over the pool (distinct for every pair)."""
+    return int.from_bytes(hashlib.blake2b(f"{client}/{lap}".encode(), digest_size=8).digest(), "little")
+
+
+Retraceable = tuple[list[Any], list[int]]  # the body cut around its trace ids' low halves, and those halves
+
+
+def retraceable(body: bytes) -> Retraceable:
+    """`body` cut at the low 8 bytes of each of its trace ids, for `with_trace_ids_xored`."""
+    pieces: list[Any] = []
+    lows = []
+    prev = 0
+    for at in trace_id_offsets(body):
+        pieces += [body[prev:at], None]  # None: where the rewritten 8 bytes go
+        lows.append(int.from_bytes(body[at:at + 8], "little"))
+        prev = at + 8
+    pieces.append(body[prev:])
+    return pieces, lows
+
+
+def with_trace_ids_xored(request: Retraceable, key: int) -> bytes:
+    """The request's body with the low 8 bytes of each of its trace ids XORed with `key`.
+
+    The pool is cycled, so without this trace ids would repeat every pass over it; with one key
+    per (pass, client) the spans of a trace stay together and every trace of the run is new
+    (the high 8 bytes still tell pool traces apart, so two keys never make the same id).
+    One join of precut pieces: about 0.1 us per span.
+    """
+    pieces, lows = request
+    pieces[1::2] = [(low ^ key).to_bytes(8, "little") for low in lows]
+    return b"".join(pieces)
+
+
 def count_spans(request: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
@@ -214,8 +305,8 @@ def measure_ceiling(pool: list[bytes], spans_per_request: int, seconds: float) -
 # -- the clients (each in its own process) ----------------------------------------------------
 
 
-def client_main(protocol: str, target: str, pool: list[bytes], spans_per_request: int, concurrency: int,
-                duration: float, max_requests: int, offset: int, start: Any, results: Any) -> None:
+def client_main(protocol: str, target: str, pool: list[Retraceable], spans_per_request: int, concurrency: int,
+                duration: float, max_requests: int, offset: int, client: int, start: Any, results: Any) -> None:
     try:
         if protocol == "http":
             try:
@@ -226,25 +317,30 @@ def client_main(protocol: str, target: str, pool: list[bytes], spans_per_request
         else:
             runner = asyncio.run  # grpc.aio wants the default loop
         result = runner(_client(protocol, target, pool, spans_per_request, concurrency, duration,
-                                max_requests, offset, start, results))
+                                max_requests, offset, client, start, results))
     except BaseException as exc:  # report, never hang the parent
         results.put(("error", protocol, f"{type(exc).__name__}: {exc}"))
         return
     results.put(("done", protocol, result))
 
 
-async def _client(protocol: str, target: str, pool: list[bytes], spans_per_request: int, concurrency: int,
-                  duration: float, max_requests: int, offset: int, start: Any, results: Any) -> dict[str, Any]:
+async def _client(protocol: str, target: str, pool: list[Retraceable], spans_per_request: int, concurrency: int,
+                  duration: float, max_requests: int, offset: int, client: int, start: Any,
+                  results: Any) -> dict[str, Any]:
     stats: dict[str, Any] = {"ok": 0, "refused": 0, "errors": 0, "gave_up": 0, "acked_spans": 0,
                              "rejected_spans": 0, "warmup_acked_spans": 0, "latencies": [], "error_samples": []}
     send, close = await _sender(protocol, target, concurrency)
     loop = asyncio.get_running_loop()
     state = {"next": offset, "issued": 0}
+    keys: dict[int, int] = {}
 
     def body() -> bytes:
-        b = pool[state["next"] % len(pool)]
+        lap, i = divmod(state["next"], len(pool))
         state["next"] += 1
-        return b
+        key = keys.get(lap)
+        if key is None:
+            key = keys[lap] = lap_key(lap, client)
+        return with_trace_ids_xored(pool[i], key)
 
     def acked(payload: bytes) -> int:
         rejected = ExportTraceServiceResponse.FromString(payload).partial_success.rejected_spans if payload else 0
@@ -405,41 +501,100 @@ def proc_status_kib(pid: int, key: str) -> int:
     return 0
 
 
-_METRIC = re.compile(r'^(otelgate_sink_sent_spans_total\{sink="([^"]+)"\}|'
-                     r'otelgate_receiver_accepted_spans_total\{protocol="([^"]+)"\}|'
-                     r'otelgate_sink_dropped_spans_total\{[^}]*\}|'
-                     r'otelgate_receiver_refused_spans_total\{[^}]*\}) (\S+)$')
+_SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def scrape(admin: str) -> dict[str, float]:
-    """{'sent': spans written by the sink, 'accepted': spans accepted (all protocols), 'dropped', 'refused'}."""
+def scrape(admin: str) -> dict[str, Any]:
+    """The figures the benchmark reads from /metrics.
+
+    'accepted' (all protocols), 'refused', 'sent' (by the sink) and 'dropped' (by any sink), in
+    spans; with a trace buffer also 'tail_traces' and 'tail_bytes' (held now), 'tail_kept' and
+    'tail_dropped' (spans decided), 'tail_early' (traces decided early), 'tail_late' (late spans)
+    and 'tail_policies' ({policy: {decision: traces}}).
+    """
     text = urllib.request.urlopen(f"{admin}/metrics", timeout=10).read().decode()
-    out = {"sent": 0.0, "accepted": 0.0, "dropped": 0.0, "refused": 0.0}
+    out: dict[str, Any] = dict.fromkeys(("sent", "accepted", "dropped", "refused", "tail_traces", "tail_bytes",
+                                         "tail_kept", "tail_dropped", "tail_early", "tail_late"), 0.0)
+    out["tail_policies"] = {}
     for line in text.splitlines():
-        m = _METRIC.match(line)
+        m = _SAMPLE.match(line)
         if not m:
             continue
-        value = float(m.group(4))
-        name = m.group(1)
-        if name.startswith("otelgate_sink_sent") and m.group(2) == SINK:
+        name, labels, value = m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))
+        if name == "otelgate_sink_sent_spans_total" and labels.get("sink") == SINK:
             out["sent"] += value
-        elif name.startswith("otelgate_receiver_accepted"):
+        elif name == "otelgate_receiver_accepted_spans_total":
             out["accepted"] += value
-        elif name.startswith("otelgate_sink_dropped"):
+        elif name == "otelgate_sink_dropped_spans_total":
             out["dropped"] += value
-        elif name.startswith("otelgate_receiver_refused"):
+        elif name == "otelgate_receiver_refused_spans_total":
             out["refused"] += value
+        elif name == "otelgate_tail_traces":
+            out["tail_traces"] = value
+        elif name == "otelgate_tail_buffer_bytes":
+            out["tail_bytes"] = value
+        elif name == "otelgate_sampled_spans_total" and labels.get("policy") == "tail":
+            out["tail_" + labels["decision"]] += value
+        elif name == "otelgate_tail_decided_early_total":
+            out["tail_early"] += value
+        elif name == "otelgate_tail_late_spans_total":
+            out["tail_late"] += value
+        elif name == "otelgate_tail_policy_traces_total":
+            out["tail_policies"].setdefault(labels["policy"], {})[labels["decision"]] = value
     return out
 
 
-def wait_written(admin: str, timeout: float) -> dict[str, float]:
-    """Poll /metrics until the sink has written (or dropped) everything accepted."""
+def wait_written(admin: str, timeout: float, tail: bool = False) -> dict[str, Any]:
+    """Poll /metrics until the sink has written (or dropped) everything accepted.
+
+    With tail sampling: until the trace buffer is empty and the sink has written (or dropped)
+    every span the buffer kept.
+    """
     deadline = time.monotonic() + timeout
     while True:
         m = scrape(admin)
-        if m["sent"] + m["dropped"] >= m["accepted"] or time.monotonic() > deadline:
+        if tail:
+            done = m["tail_traces"] == 0 and m["sent"] + m["dropped"] >= m["tail_kept"]
+        else:
+            done = m["sent"] + m["dropped"] >= m["accepted"]
+        if done or time.monotonic() > deadline:
             return m
         time.sleep(0.05)
+
+
+class BufferPoller:
+    """Reads the trace buffer's gauges (traces and bytes held) every `interval` s, in a thread."""
+
+    def __init__(self, admin: str, interval: float = 0.2) -> None:
+        self.admin = admin
+        self.interval = interval
+        self.samples: list[tuple[float, float, float]] = []  # (s since start, traces, bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="buffer-poller", daemon=True)
+        self._t0 = time.perf_counter()
+
+    def start(self) -> "BufferPoller":
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            m = scrape(self.admin)
+            self.samples.append((time.perf_counter() - self._t0, m["tail_traces"], m["tail_bytes"]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def summary(self, since: float = 0.0) -> dict[str, float]:
+        """Peak and mean of traces and bytes held, over the samples taken `since` s after start or later."""
+        rows = [r for r in self.samples if r[0] >= since]
+        if not rows:
+            return {"samples": 0, "peak_traces": 0, "mean_traces": 0, "peak_bytes": 0, "mean_bytes": 0}
+        return {"samples": len(rows), "peak_traces": max(r[1] for r in rows), "mean_traces": sum(r[1] for r in rows) / len(rows),
+                "peak_bytes": max(r[2] for r in rows), "mean_bytes": sum(r[2] for r in rows) / len(rows)}
 
 
 def spans_in_file(path: Path) -> tuple[int, int]:
@@ -526,6 +681,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def tail_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The gateway's `sampling.tail` for `--tail` (None without): memory bounds far above the load's."""
+    if not args.tail:
+        return None
+    return {"decision_wait": args.tail, "idle": args.tail if args.tail_idle is None else args.tail_idle,
+            "max_traces": 1_000_000, "max_bytes": "4GiB",
+            "policies": [{"type": "error"}, {"type": "cost", "threshold_usd": args.tail_cost},
+                         {"type": "probabilistic", "percentage": args.tail_keep}]}
+
+
+def traces_in(pool: list[bytes]) -> int:
+    """Distinct trace ids over the pool (each pass of each client sends as many new traces)."""
+    return len({span.trace_id for body in pool for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                for ss in rs.scope_spans for span in ss.spans})
+
+
+def measure_rewrite(pool: list[Retraceable], laps: int = 20) -> float:
+    """CPU microseconds a client spends per request giving it fresh trace ids (`with_trace_ids_xored`)."""
+    t0 = time.process_time()
+    for lap in range(laps):
+        key = lap_key(lap, 0)
+        for request in pool:
+            with_trace_ids_xored(request, key)
+    return 1e6 * (time.process_time() - t0) / (laps * len(pool))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     spans_per_request = args.spans_per_request
     protocols = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
@@ -533,17 +714,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"protocol": args.protocol, "clients_per_protocol": args.clients, "concurrency": args.concurrency,
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
-                   "llm_share": args.llm_share, "processors": not args.no_processors, "redact": args.redact,
+                   "llm_share": args.llm_share, "trace_spans": args.trace_spans, "processors": not args.no_processors,
+                   "redact": args.redact,
                    "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
                    "sink_path": "/dev/null" if args.discard else "file in a temp dir",
-                   "limits": json.loads(args.limits) if args.limits else None},
+                   "limits": json.loads(args.limits) if args.limits else None, "tail": tail_settings(args)},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "note": "client processes share the machine's cores with the gateway: spans_per_s is bounded by the "
                 "clients' CPU too; gateway.spans_per_s_per_core (gateway CPU time only) is not",
     }
 
-    pool = build_pool(args.pool, spans_per_request, args.seed, args.llm_share)
+    pool = build_pool(args.pool, spans_per_request, args.seed, args.llm_share, args.trace_spans)
     result["request_bytes_avg"] = sum(map(len, pool)) / len(pool)
+    result["traces_per_request"] = traces_in(pool) / len(pool)
+    retraceables = [retraceable(body) for body in pool]
+    result["trace_id_rewrite_us_per_request"] = measure_rewrite(retraceables)
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="otelgate-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -565,6 +750,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "enabled": True, "content": args.redact, "hash_secret": "bench-secret-0123456789"}
     if args.limits:
         config["limits"] = json.loads(args.limits)
+    if args.tail:
+        config["sampling"] = {"tail": tail_settings(args)}
     receiver = None
     if args.sink == "otlp":
         # A trivial receiver: another otelgate with no processors, writing to /dev/null.
@@ -597,8 +784,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k in range(args.clients):
                 offset = (len(procs) * len(pool)) // max(1, len(protocols) * args.clients)
                 p = ctx.Process(target=client_main, daemon=True, name=f"bench-{protocol}-{k}",
-                                args=(protocol, targets[protocol], pool, spans_per_request, args.concurrency,
-                                      args.duration, args.max_requests, offset, start, results))
+                                args=(protocol, targets[protocol], retraceables, spans_per_request, args.concurrency,
+                                      args.duration, args.max_requests, offset, len(procs), start, results))
                 p.start()
                 procs.append(p)
 
@@ -611,8 +798,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ready += 1
             elif kind == "error":
                 raise RuntimeError(f"{protocol} client failed before the load started: {payload}")
-        before = wait_written(gw.admin, 10)
+        # The warm-up requests' traces wait in the buffer with tail sampling: count them, do not wait.
+        before = scrape(gw.admin) if args.tail else wait_written(gw.admin, 10)
         profiler = start_profile(pid, args.profile, args.duration) if args.profile else None
+        poller = BufferPoller(gw.admin).start()  # in every run, so that its scrapes cost the same
         cpu0 = gateway_cpu(pid)
         window0 = time.perf_counter()
         start.set()
@@ -622,10 +811,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 per_client.append((protocol, payload))
             elif kind == "error":
                 errors.append(f"{protocol}: {payload}")
+        cpu_load = gateway_cpu(pid)
         load_wall = time.perf_counter() - window0
-        after = wait_written(gw.admin, 60)
+        after = wait_written(gw.admin, 60 + (args.tail or 0), tail=bool(args.tail))
         cpu1 = gateway_cpu(pid)
         drain_wall = time.perf_counter() - window0 - load_wall
+        poller.stop()
         vm_hwm = proc_status_kib(pid, "VmHWM")
         for p in procs:
             p.join(10)
@@ -663,6 +854,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu = cpu_delta(cpu0, cpu1)
         gw_cpu = cpu["cpu_s"]
         per_core = gw_accepted / gw_cpu if gw_cpu > 0 else float("inf")
+        load_cpu = cpu_delta(cpu0, cpu_load)["cpu_s"]
         result["total"] = {"acked_spans": window_spans, "elapsed_s": window_s,
                            "spans_per_s": window_spans / window_s if window_s else 0.0}
         result["gateway"] = {
@@ -679,13 +871,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "drain_after_load_s": drain_wall,
             "peak_rss_mib": vm_hwm / 1024,
             "refused_spans_metric": after["refused"],
+            # The load window alone (start -> the clients' last answer): with tail sampling the
+            # traces of the last `decision_wait` s are decided and written after it.
+            "load_window": {"wall_s": load_wall, "cpu_s": load_cpu,
+                            "spans_per_s_per_core": gw_accepted / load_cpu if load_cpu > 0 else float("inf"),
+                            "cpu_utilisation_cores": load_cpu / load_wall if load_wall else 0.0},
         }
+        if args.tail:
+            result["tail"] = {
+                "load": poller.summary(),
+                "steady": poller.summary(since=args.tail),  # after the first wait: traces now leave as fast as they come
+                "after_load": poller.summary(since=load_wall),
+                "series": [(round(t, 2), int(traces), int(held)) for t, traces, held in poller.samples],
+                "policies_traces": after["tail_policies"],
+                "decided_early_traces": after["tail_early"],
+                "late_spans": after["tail_late"],
+                "kept_spans": after["tail_kept"],
+                "dropped_spans": after["tail_dropped"],
+            }
 
         # Delivery: stop the gateway (SIGTERM drains) and count what the file holds.
         sent_metric = after["sent"]
         exit_code = gw.stop(60)
         counted = args.sink == "file" and args.format == "proto" and not args.discard
         records, file_spans = spans_in_file(out_path) if counted else (None, None)
+        if args.tail:  # the sink gets what the buffer kept; every accepted span was decided
+            expected = after["tail_kept"]
+            accounted = after["tail_kept"] + after["tail_dropped"] == after["accepted"] == acked_total
+        else:
+            expected, accounted = acked_total, True
         result["delivered"] = {
             "acknowledged_spans": acked_total,
             "sink_sent_metric": sent_metric,
@@ -694,7 +908,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "file_bytes": out_path.stat().st_size if out_path.is_file() else 0,
             "sink_dropped_metric": after["dropped"],
             "gateway_exit_code": exit_code,
-            "ok": exit_code == 0 and sent_metric == acked_total and (file_spans is None or file_spans == acked_total),
+            "expected_spans": expected,
+            "accepted_metric": after["accepted"],
+            "ok": exit_code == 0 and accounted and sent_metric == expected and (file_spans is None or file_spans == expected),
         }
         return result
     except BaseException:
@@ -720,11 +936,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> str:
     c = r["config"]
     ceiling = r["ceiling"]["spans_per_s"]
+    tail = c["tail"]
     lines = [
         f"otelgate throughput: {c['protocol']}, {c['clients_per_protocol']} client process(es) per protocol x "
         f"{c['concurrency']} in flight, {c['duration_s']:g} s, {c['spans_per_request']} spans/request "
         f"({r['request_bytes_avg'] / 1024:.0f} KiB avg), file sink format {c['sink_format']} -> {c['sink_path']}",
-        f"spans: {c['llm_share']:.0%} LLM (fixtures), the rest ordinary HTTP/DB; processors "
+        f"spans: {c['llm_share']:.0%} LLM (fixtures), the rest ordinary HTTP/DB in traces of {c['trace_spans']}; "
+        f"{r['traces_per_request']:.1f} traces per request, new ids every pass over the pool "
+        f"({r['trace_id_rewrite_us_per_request']:.1f} us per request in the client); processors "
         f"{'normalize, price, llm_metrics' if c['processors'] else 'off'}; sink {c['sink']}, "
         f"{c['queue']} queue" + (f" (fsync {c['fsync']})" if c['fsync'] else "")
         + (f"; redact, content {c['redact']}" if c.get("redact") else ""),
@@ -733,6 +952,10 @@ def report(r: dict[str, Any]) -> str:
         "  so spans/s below is bounded by the clients too; the per-core figure (gateway CPU only) is not.",
         f"ceiling (parse+serialize, 1 core): {ceiling:,.0f} spans/s ({r['ceiling']['mb_per_s']:,.0f} MB/s)",
     ]
+    if tail:
+        policies = ", ".join(f"{p['type']}" + (f" > {p['threshold_usd']:g} USD" if p["type"] == "cost" else "")
+                             + (f" {p['percentage']:g}%" if p["type"] == "probabilistic" else "") for p in tail["policies"])
+        lines.append(f"tail sampling: decision_wait {tail['decision_wait']:g} s, idle {tail['idle']:g} s; policies {policies}")
     for protocol in ("grpc", "http"):
         p = r.get(protocol)
         if not p:
@@ -754,14 +977,33 @@ def report(r: dict[str, Any]) -> str:
         f"         {g['cpu_s']:.2f} CPU s for {g['accepted_spans_in_window']:,.0f} spans, "
         f"{g['cpu_utilisation_cores']:.2f} cores busy on average, sink caught up {g['drain_after_load_s']:.2f} s "
         f"after the load; idle CPU {r['gateway_idle_cpu_percent']:.1f}%")
+    w = g["load_window"]
+    lines.append(
+        f"         load window only ({w['wall_s']:.1f} s): {w['cpu_s']:.2f} CPU s -> {w['spans_per_s_per_core']:,.0f} "
+        f"spans/s per core, {w['cpu_utilisation_cores']:.2f} cores busy")
     threads = ", ".join(f"{name} {t['user'] + t['sys']:.2f}" for name, t in list(g["cpu_s_by_thread"].items())[:4])
     lines.append(
         f"         CPU s: user {g['user_s']:.2f} + sys {g['sys_s']:.2f}; by thread: {threads}; "
         f"{g['minor_faults_per_request']:,.0f} page faults per request")
+    if t := r.get("tail"):
+        load, steady = t["load"], t["steady"]
+        lines.append(
+            f"buffer: peak {load['peak_traces']:,.0f} traces in flight, {load['peak_bytes'] / 2**20:,.0f} MiB held "
+            f"(gauges every 0.2 s); mean over the load {load['mean_traces']:,.0f} traces, after the first wait "
+            f"{steady['mean_traces']:,.0f} traces / {steady['mean_bytes'] / 2**20:,.0f} MiB")
+        votes = ", ".join(f"{name} {v.get('kept', 0):,.0f}/{v.get('kept', 0) + v.get('dropped', 0):,.0f}"
+                          for name, v in t["policies_traces"].items())
+        lines.append(
+            f"decided: {t['kept_spans']:,.0f} spans kept, {t['dropped_spans']:,.0f} dropped; traces kept per policy "
+            f"{votes}; decided early {t['decided_early_traces']:,.0f} traces, late spans {t['late_spans']:,.0f}")
     d = r["delivered"]
     file_part = f", file {d['file_spans']:,} spans in {d['file_records']:,} records" if d["file_spans"] is not None else ""
+    if tail:
+        lines.append(
+            f"accepted {d['accepted_metric']:,.0f} spans = acknowledged {d['acknowledged_spans']:,} = kept + dropped "
+            f"{r['tail']['kept_spans'] + r['tail']['dropped_spans']:,.0f}")
     lines.append(
-        f"delivered: {d['sink_sent_metric']:,.0f} of {d['acknowledged_spans']:,} acknowledged spans "
+        f"delivered: {d['sink_sent_metric']:,.0f} of {d['expected_spans']:,.0f} {'kept' if tail else 'acknowledged'} spans "
         f"(sink sent metric{file_part}; {d['file_bytes'] / 1e6:,.0f} MB); gateway exit {d['gateway_exit_code']} "
         f"-> {'OK' if d['ok'] else 'MISMATCH'}")
     if prof := r.get("profile"):
@@ -794,6 +1036,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="how long to measure the ceiling")
     parser.add_argument("--llm-share", type=float, default=1.0,
                         help="share of LLM (fixture) spans; the rest are ordinary HTTP/DB spans (0.5 = the issue's mix)")
+    parser.add_argument("--trace-spans", type=int, default=3,
+                        help="spans per trace of the ordinary spans (an HTTP server root and its children)")
+    parser.add_argument("--tail", type=float, metavar="WAIT",
+                        help="tail sampling with decision_wait WAIT s (policies: error, cost, probabilistic)")
+    parser.add_argument("--tail-idle", type=float, metavar="S",
+                        help="tail sampling's idle (decide S after the last span once the root came); default WAIT")
+    parser.add_argument("--tail-keep", type=float, default=10.0, help="the probabilistic policy's percentage")
+    parser.add_argument("--tail-cost", type=float, default=0.01, help="the cost policy's threshold, USD per trace")
     parser.add_argument("--sink", choices=("file", "otlp"), default="file",
                         help="file sink, or an OTLP/gRPC sink (no compression) to a second otelgate writing to /dev/null")
     parser.add_argument("--queue", choices=("memory", "disk"), default="memory", help="the sink's queue")
@@ -815,8 +1065,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the gateway with py-spy during the load (raw stacks to FILE) and summarize")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.concurrency < 1 or args.duration <= 0:
-        parser.error("--clients and --concurrency must be >= 1 and --duration > 0")
+    if args.clients < 1 or args.concurrency < 1 or args.duration <= 0 or args.trace_spans < 1:
+        parser.error("--clients, --concurrency and --trace-spans must be >= 1 and --duration > 0")
     result = run(args)
     print(json.dumps(result, indent=2) if args.json else report(result))
     return 0 if result["delivered"]["ok"] and not result.get("client_errors") else 1
