@@ -37,6 +37,7 @@ from gateway.configtypes import ByteSize, Duration, StrictModel
 from gateway.llm.call import AGGREGATE, COST, DUPLICATE_OF, INPUT_TOKENS, OUTPUT_TOKENS
 from gateway.logs import get_logger
 from gateway.otlp.anyvalue import number
+from gateway.otlp.wire import encode_varint
 from gateway.routing.match import Match, Subject, attribute_values, compile_match
 from gateway.sampling.consistent import keep, threshold
 from gateway.telemetry import Metrics
@@ -477,17 +478,8 @@ def _span_usage(span: Any) -> tuple[float, int]:
     return cost, tokens
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _head(tag: int, size: int) -> bytes:
-    return bytes((tag,)) + _varint(size)
+    return bytes((tag,)) + encode_varint(size)
 
 
 def _hold(parts: dict[PartKey, bytearray], part: PartKey, span: bytes) -> None:

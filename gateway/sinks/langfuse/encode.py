@@ -50,6 +50,7 @@ from gateway.llm.call import (
     CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, COST, COST_INPUT, COST_OUTPUT, INPUT_TOKENS, LLM_CALL, OPERATION,
     OUTPUT_TOKENS, REASONING_TOKENS, REQUEST_MODEL, RESPONSE_MODEL,
 )
+from gateway.otlp.wire import encode_varint
 
 # Langfuse's attributes.
 LF_TYPE = "langfuse.observation.type"
@@ -278,17 +279,8 @@ def prepare(requests: Sequence[ExportTraceServiceRequest], *, environment: str |
 # ---------------------------------------------------------------------------------------------
 # split
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _field(tag: bytes, body: bytes) -> bytes:
-    return tag + _varint(len(body)) + body
+    return tag + encode_varint(len(body)) + body
 
 
 _RS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
