@@ -263,3 +263,25 @@ def _strings(value: Any) -> list[str]:
     if kind == "kvlist_value":
         return [s for kv in value.kvlist_value.values for s in _strings(kv.value)]
     return []
+
+
+def test_the_count_limit_holds_for_logs_and_metrics(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path)
+    config["limits"] = {"max_spans_per_request": 4}
+    config["routes"] = [{"name": "all", "sinks": ["out"], "signals": ["logs", "metrics"]}]
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        logs = ExportLogsServiceRequest()
+        sl = logs.resource_logs.add().scope_logs.add()
+        for i in range(5):
+            sl.log_records.add().body.string_value = str(i)
+        r = requests.post(f"{gw.http}/v1/logs", data=logs.SerializeToString(), headers=PROTO, timeout=5)
+        assert r.status_code == 413 and b"5 log records in one request" in r.content
+        r = requests.post(f"{gw.http}/v1/metrics", data=_every_point_kind().SerializeToString(), headers=PROTO, timeout=5)
+        assert r.status_code == 413 and b"5 metric points in one request" in r.content
+        del sl.log_records[4]
+        assert requests.post(f"{gw.http}/v1/logs", data=logs.SerializeToString(), headers=PROTO, timeout=5).status_code == 200
+        assert metric(gw.admin, "otelgate_receiver_rejected_log_records_total", reason="max_spans_per_request") == 5
+        assert metric(gw.admin, "otelgate_receiver_rejected_metric_points_total", reason="max_spans_per_request") == 5
+    finally:
+        assert gw.stop() == 0

@@ -107,13 +107,21 @@ class Intake:
         """Hand the valid items to the pipeline; raise `Refused` (nothing accepted) under
         backpressure, `LimitExceeded` when a limit refuses the request.
 
-        `raw` is the protobuf encoding `request` was parsed from, if there was one. Limits are
-        span limits: they apply to traces.
+        `raw` is the protobuf encoding `request` was parsed from, if there was one. The item count
+        limit applies to every signal; the others are span limits.
         """
         protocol = context.protocol
         m = self._metrics
         counters = m.signals[signal.name]
         limits = self.limits
+        if limits is not None and signal is not TRACES and limits.max_spans is not None:
+            # The count limit holds for every signal (log records, metric points); the others are span limits.
+            if (items := signal.count(request)) > limits.max_spans:
+                counters.receiver_rejected.labels(protocol, "max_spans_per_request").inc(items)
+                m.receiver_requests.labels(protocol, "limit_exceeded").inc()
+                raise LimitExceeded("max_spans_per_request", f"{items} {signal.items.replace('_', ' ')} in one request, "
+                                    f"more than limits.max_spans_per_request ({limits.max_spans}): send smaller batches",
+                                    too_large=True)
         if limits is not None and signal is TRACES:  # before span checks remove anything: limits read sizes from `raw`
             try:
                 truncated = limits.apply(request, raw)
