@@ -35,6 +35,7 @@ from gateway.otlp.signals import SIGNALS, TRACES, Signal
 from gateway.processors import Processor, ProcessorContext
 from gateway.registry import PROCESSORS, SINKS
 from gateway.routing.router import Delivery, Router
+from gateway.sampling import head
 from gateway.sampling.head import HeadSampler
 from gateway.sampling.tail import Policies, TailConfig, TraceBuffer
 from gateway.sinks.driver import SinkDriver
@@ -86,9 +87,9 @@ class Pipeline:
         else:
             named = _named_processors(config, self.metrics, named)
             chain = _with_head_sampling(config, named, self.metrics)
-        chains = {sig: tuple(p for name, (_, p) in named.items() if sig in getattr(PROCESSORS[name], "SIGNALS", ("traces",)))
-                  for sig in ("logs", "metrics")}
-        chains["traces"] = tuple(chain)
+        chains = {"traces": tuple(chain)}
+        for sig in ("logs", "metrics"):  # the same chain, less what does not read that signal
+            chains[sig] = tuple(p for p in chain if sig in getattr(_module_of(p, named), "SIGNALS", ("traces",)))
         routes = config.route_list()
         routers = {sig.name: Router(routes, {d.name: d for d in drivers.values() if d.signal is sig}, self.metrics, sig)
                    for sig in SIGNALS.values()}
@@ -298,6 +299,16 @@ def _named_processors(config: Config, metrics: Metrics,
         before = previous.get(name)
         chain[name] = before if before is not None and before[0] == settings else (settings, module.create(settings, context))
     return chain
+
+
+def _module_of(process: Processor, named: dict[str, tuple[object, Processor]]) -> object:
+    """The module a processor of the chain came from (head sampling's own module for it)."""
+    if isinstance(process, HeadSampler):
+        return head
+    for name, (_, p) in named.items():
+        if p is process:
+            return PROCESSORS[name]
+    return None
 
 
 def _close(process: Processor) -> None:

@@ -90,6 +90,9 @@ class Metrics:
         self.receiver_request_duration = Histogram(
             "otelgate_receiver_request_duration_seconds", "Time from request received to response, per protocol",
             ["protocol"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.sampled_log_records = Counter(
+            "otelgate_sampled_log_records", "Log records kept or dropped with their trace by head sampling",
+            ["policy", "decision"], registry=r)
         self.sampled_spans = Counter(
             "otelgate_sampled_spans", "Sampling decisions by policy (dropped is intentional, never an error)",
             ["policy", "decision"], registry=r)

@@ -285,3 +285,29 @@ def test_the_count_limit_holds_for_logs_and_metrics(tmp_path: Path) -> None:
         assert metric(gw.admin, "otelgate_receiver_rejected_metric_points_total", reason="max_spans_per_request") == 5
     finally:
         assert gw.stop() == 0
+
+
+def test_head_sampling_drops_the_log_records_of_dropped_traces(tmp_path: Path) -> None:
+    import random
+
+    from gateway.sampling.consistent import keep, threshold
+    config = gateway_config(tmp_path)
+    config["sampling"] = {"head": {"percentage": 30}}
+    config["routes"] = [{"name": "all", "sinks": ["out"], "signals": ["traces", "logs"]}]
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        rng = random.Random(5)
+        logs = ExportLogsServiceRequest()
+        sl = logs.resource_logs.add().scope_logs.add()
+        traces = [rng.randbytes(16) for _ in range(400)]
+        for i, trace_id in enumerate(traces):
+            sl.log_records.add(trace_id=trace_id, span_id=rng.randbytes(8)).body.string_value = f"r{i}"
+        sl.log_records.add().body.string_value = "no trace"
+        r = requests.post(f"{gw.http}/v1/logs", data=logs.SerializeToString(), headers=PROTO, timeout=5)
+        assert r.status_code == 200
+        expected = {f"r{i}" for i, t in enumerate(traces) if keep(t, "", threshold(0.3))} | {"no trace"}
+        assert 80 < len(expected) < 160
+        wait_for(lambda: set(_log_bodies(tmp_path / "out.logs.jsonl")) == expected)
+        assert metric(gw.admin, "otelgate_sampled_log_records_total", decision="dropped") == 401 - len(expected)
+    finally:
+        assert gw.stop() == 0

@@ -5,6 +5,11 @@ decided on its own but consistently: spans of one trace share the trace id (and 
 trace is kept or dropped whole, by every otelgate replica and every Collector in proportional
 mode alike. `sampling.priority` on a span overrides: 0 drops it, more than 0 keeps it. Kept spans
 carry `ot=th:<threshold>` in their tracestate so that backends can count each as 1 / p spans.
+
+Log records that carry a trace id get the same decision as their trace's spans, so the GenAI
+event records (prompts, completions) of a dropped trace are dropped with it; records without a
+trace id are kept. (A span's `rv` in its tracestate, which log records do not carry, would make
+the two disagree: senders that set `rv` should sample at the source.)
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pydantic import Field
 from gateway.batch import Batch
 from gateway.configtypes import StrictModel
 from gateway.otlp.anyvalue import number
+from gateway.otlp.signals import LOGS
 from gateway.sampling.consistent import keep, threshold, with_threshold
 from gateway.telemetry import Metrics
 
@@ -31,8 +37,12 @@ class HeadSampler:
         self.reject_below = threshold(config.percentage / 100.0, config.precision)
         self._kept = metrics.sampled_spans.labels("head", "kept")
         self._dropped = metrics.sampled_spans.labels("head", "dropped")
+        self._logs_kept = metrics.sampled_log_records.labels("head", "kept")
+        self._logs_dropped = metrics.sampled_log_records.labels("head", "dropped")
 
     def __call__(self, batch: Batch) -> Batch:
+        if batch.signal is LOGS:
+            return self._logs(batch)
         reject_below = self.reject_below
         kept_total = dropped_total = 0
         for rs in batch.request.resource_spans:
@@ -49,6 +59,28 @@ class HeadSampler:
         self._kept.inc(kept_total)
         self._dropped.inc(dropped_total)
         return batch
+
+
+    def _logs(self, batch: Batch) -> Batch:
+        reject_below = self.reject_below
+        kept_total = dropped_total = 0
+        for rl in batch.request.resource_logs:  # type: ignore[attr-defined]
+            for sl in rl.scope_logs:
+                records = sl.log_records
+                drop = [i for i, r in enumerate(records) if r.trace_id and not keep(r.trace_id, "", reject_below)]
+                for i in reversed(drop):
+                    del records[i]
+                dropped_total += len(drop)
+                kept_total += len(records)
+        if dropped_total:
+            batch.raw = None
+        batch.items = kept_total
+        self._logs_kept.inc(kept_total)
+        self._logs_dropped.inc(dropped_total)
+        return batch
+
+
+SIGNALS = ("traces", "logs")
 
 
 def decide(span: Span, reject_below: int, mark: bool = True) -> bool:
