@@ -26,6 +26,7 @@ head sampler, by trace id, writing `ot=th:` on the copies it sends).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,7 @@ class Router:
         ]
         self._routes = tuple(r for r in compiled if not routes[r.index].default)
         self._default = next((r for r in compiled if routes[r.index].default), None)
+        self._by_index = {r.index: r for r in compiled}
         self._drivers = drivers
         self._trace_routes = tuple(r for r in self._routes if r.by_trace)
         self._sampled = any(r.reject_below for r in compiled)
@@ -84,7 +86,7 @@ class Router:
         self._level = max((m.level for m in matches), default=REQUEST)
         self._resource_keys = frozenset(k for m in matches for k in m.keys("resource"))
         self._span_keys = frozenset(k for m in matches for k in m.keys("span"))
-        self._trace_memory: dict[bytes, frozenset[int]] = {}
+        self._trace_memory: OrderedDict[bytes, frozenset[int]] = OrderedDict()  # oldest first
         self._no_route = metrics.signals[signal.name].router_dropped.labels("no_route")
         self._sampled_spans = metrics.sampled_spans
         self._targets_cache: dict[tuple[int, ...], tuple[SinkDriver, ...]] = {}
@@ -148,10 +150,11 @@ class Router:
 
     def _route_spans(self, batch: Batch) -> list[Delivery]:
         tenant = batch.context.tenant
-        trace_matches = self._match_traces(batch) if self._trace_routes else {}
+        trace_matches, span_attributes = self._match_traces(batch) if self._trace_routes else ({}, None)
+        attributes_in_order = iter(span_attributes) if span_attributes is not None else None
         none: frozenset[int] = frozenset()
         per_span = self._level == SPAN or bool(self._trace_routes)
-        by_route = {r.index: r for r in (*self._routes, *((self._default,) if self._default else ()))}
+        by_route = self._by_index
         # destination (route indices) -> [(resource index, scope index, span)]
         groups: dict[tuple[int, ...], list[tuple[int, int, Span]]] = {}
         sampled_out: dict[str, int] = {}
@@ -163,7 +166,9 @@ class Router:
                 for span in ss.spans:
                     if per_span:
                         subject.span = span
-                        if self._span_keys:
+                        if attributes_in_order is not None:  # read once already, by _match_traces
+                            subject.span_attributes = next(attributes_in_order)
+                        elif self._span_keys:
                             subject.span_attributes = attribute_values(span.attributes, self._span_keys)
                         taken = self._select(subject, trace_matches.get(span.trace_id, none))
                     assert taken is not None
@@ -185,7 +190,7 @@ class Router:
         deliveries: list[Delivery] = []
         whole = len(groups) == 1 and not lost
         for dest, spans in groups.items():
-            for reject_below, drivers in self._split_by_threshold(dest, by_route).items():
+            for reject_below, drivers in self._split_by_threshold(dest).items():
                 if reject_below:
                     for name in {by_route[i].name for i in dest if by_route[i].reject_below}:
                         self._sampled_spans.labels(f"route:{name}", "kept").inc(len(spans))
@@ -198,10 +203,9 @@ class Router:
         a sink gets the treatment of the first route that took the data to it."""
         if not self._redactors or not any(i in self._redactors for i in taken):
             return [(part, drivers)]
-        by_route = {r.index: r for r in (*self._routes, *((self._default,) if self._default else ()))}
         first: dict[str, int] = {}
         for i in taken:
-            for sink in by_route[i].sinks:
+            for sink in self._by_index[i].sinks:
                 first.setdefault(sink, i)
         groups: dict[int | None, list[SinkDriver]] = {}
         for driver in drivers:
@@ -218,7 +222,7 @@ class Router:
             out.append((self._redactors[i](copy), tuple(group)))
         return out
 
-    def _split_by_threshold(self, dest: tuple[int, ...], by_route: dict[int, _Route]) -> dict[int, tuple[SinkDriver, ...]]:
+    def _split_by_threshold(self, dest: tuple[int, ...]) -> dict[int, tuple[SinkDriver, ...]]:
         """Sinks of `dest` grouped by the sampling threshold their copy carries (0: unsampled).
 
         A sink reached by several routes gets the lowest threshold among them (kept unsampled
@@ -227,8 +231,8 @@ class Router:
             return {0: self._targets(dest)}
         per_sink: dict[str, int] = {}
         for i in dest:
-            for sink in by_route[i].sinks:
-                th = by_route[i].reject_below
+            for sink in self._by_index[i].sinks:
+                th = self._by_index[i].reject_below
                 per_sink[sink] = min(per_sink.get(sink, th), th)
         out: dict[int, list[SinkDriver]] = {}
         for sink, th in per_sink.items():
@@ -238,14 +242,15 @@ class Router:
     def _targets(self, taken: tuple[int, ...]) -> tuple[SinkDriver, ...]:
         targets = self._targets_cache.get(taken)
         if targets is None:
-            routes = {r.index: r for r in (*self._routes, *((self._default,) if self._default else ()))}
-            names = dict.fromkeys(s for i in taken for s in routes[i].sinks)  # ordered, each sink once
+            names = dict.fromkeys(s for i in taken for s in self._by_index[i].sinks)  # ordered, each sink once
             targets = self._targets_cache[taken] = tuple(self._drivers[n] for n in names)
         return targets
 
-    def _match_traces(self, batch: Batch) -> dict[bytes, frozenset[int]]:
-        """Trace id -> the by-trace routes that one of its spans (now or earlier) matched."""
+    def _match_traces(self, batch: Batch) -> tuple[dict[bytes, frozenset[int]], list[dict[str, Any] | None]]:
+        """Trace id -> the by-trace routes that one of its spans (now or earlier) matched; and
+        each span's attributes as read for the conditions, in request order (read once)."""
         found: dict[bytes, set[int]] = {}
+        attributes: list[dict[str, Any] | None] = []
         tenant = batch.context.tenant
         for rs in batch.request.resource_spans:
             resource = attribute_values(rs.resource.attributes, self._resource_keys) if self._resource_keys else None
@@ -254,25 +259,22 @@ class Router:
                 for span in ss.spans:
                     subject.span = span
                     subject.span_attributes = attribute_values(span.attributes, self._span_keys) if self._span_keys else None
+                    attributes.append(subject.span_attributes)
+                    matched = found.setdefault(span.trace_id, set())
                     for route in self._trace_routes:
                         if route.holds(subject):
-                            found.setdefault(span.trace_id, set()).add(route.index)
+                            matched.add(route.index)
         memory = self._trace_memory
         out: dict[bytes, frozenset[int]] = {}
-        for rs in batch.request.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    tid = span.trace_id
-                    if tid in out:
-                        continue
-                    matched = frozenset(found.get(tid, ())) | memory.get(tid, frozenset())
-                    out[tid] = matched
-                    if matched and memory.get(tid) != matched:
-                        memory.pop(tid, None)
-                        memory[tid] = matched
-                        if len(memory) > TRACE_MEMORY:
-                            del memory[next(iter(memory))]
-        return out
+        for tid, matched in found.items():
+            remembered = memory.get(tid, frozenset())
+            out[tid] = both = remembered | matched
+            if both != remembered:
+                memory[tid] = both
+                memory.move_to_end(tid)
+                if len(memory) > TRACE_MEMORY:
+                    memory.popitem(last=False)
+        return out, attributes
 
 
 def _count_scope(signal: Signal, scope: Any) -> int:
