@@ -38,7 +38,7 @@ from gateway.routing.router import Delivery, Router
 from gateway.sampling import head
 from gateway.sampling.head import HeadSampler
 from gateway.sampling.tail import Policies, TailConfig, TraceBuffer
-from gateway.sinks.driver import SinkDriver
+from gateway.sinks.driver import SinkDriver, driver_key
 from gateway.telemetry import Metrics
 
 _log = get_logger("pipeline")
@@ -181,7 +181,7 @@ class Pipeline:
         drivers: dict[str, SinkDriver] = {}
         fresh: list[SinkDriver] = []
         for name, cfg, signal in _needed(config):
-            key = name if signal is TRACES else f"{name}/{signal.name}"
+            key = driver_key(name, signal)
             current = self.drivers.get(key)
             if current is not None and current.config == cfg:
                 drivers[key] = current

@@ -38,6 +38,7 @@ class Signal:
     decode_json: Callable[[bytes], Any]
     encode_json: Callable[[Any], bytes]  # an iterable of requests -> one OTLP/JSON object
     count: Callable[[Any], int]
+    count_scope: Callable[[Any], int]  # items in one ScopeSpans / ScopeLogs / ScopeMetrics
     remove_invalid: Callable[[Any], tuple[int, int, str]]  # in place: (kept, rejected, message)
 
     def response_for(self, rejected: int, message: str) -> Message:
@@ -58,14 +59,11 @@ def count_log_records(request: ExportLogsServiceRequest) -> int:
 
 def count_metric_points(request: ExportMetricsServiceRequest) -> int:
     """Data points, as the Collector counts metric throughput (a metric with no points counts 0)."""
-    total = 0
-    for rm in request.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                kind = metric.WhichOneof("data")
-                if kind is not None:
-                    total += len(getattr(metric, kind).data_points)
-    return total
+    return sum(metric_points_in(sm) for rm in request.resource_metrics for sm in rm.scope_metrics)
+
+
+def metric_points_in(scope: Any) -> int:
+    return sum(len(getattr(m, kind).data_points) for m in scope.metrics if (kind := m.WhichOneof("data")))
 
 
 def _all_valid_metrics(request: ExportMetricsServiceRequest) -> tuple[int, int, str]:
@@ -76,16 +74,16 @@ TRACES = Signal(
     "traces", "spans", ExportTraceServiceRequest, ExportTraceServiceResponse, "/v1/traces",
     "/opentelemetry.proto.collector.trace.v1.TraceService/Export", "rejected_spans",
     "resource_spans", "scope_spans", "spans",
-    decode_traces, encode_traces, count_spans, remove_invalid_spans)
+    decode_traces, encode_traces, count_spans, lambda ss: len(ss.spans), remove_invalid_spans)
 LOGS = Signal(
     "logs", "log_records", ExportLogsServiceRequest, ExportLogsServiceResponse, "/v1/logs",
     "/opentelemetry.proto.collector.logs.v1.LogsService/Export", "rejected_log_records",
     "resource_logs", "scope_logs", "log_records",
-    decode_logs, encode_logs, count_log_records, remove_invalid_log_records)
+    decode_logs, encode_logs, count_log_records, lambda sl: len(sl.log_records), remove_invalid_log_records)
 METRICS = Signal(
     "metrics", "metric_points", ExportMetricsServiceRequest, ExportMetricsServiceResponse, "/v1/metrics",
     "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export", "rejected_data_points",
     "resource_metrics", "scope_metrics", "metrics",
-    decode_metrics, encode_metrics, count_metric_points, _all_valid_metrics)
+    decode_metrics, encode_metrics, count_metric_points, metric_points_in, _all_valid_metrics)
 
 SIGNALS: dict[str, Signal] = {s.name: s for s in (TRACES, LOGS, METRICS)}

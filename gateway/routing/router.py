@@ -35,7 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.batch import Batch
-from gateway.otlp.signals import LOGS, METRICS, TRACES, Signal
+from gateway.otlp.signals import METRICS, TRACES, Signal
 from gateway.processors.redact import Redactor
 from gateway.config import RouteConfig
 from gateway.routing.match import REQUEST, SPAN, Match, Subject, attribute_values, compile_match
@@ -125,7 +125,7 @@ class Router:
             for si, scope in enumerate(getattr(rs, signal.scopes_field)):
                 taken = self._select(Subject(tenant, resource, scope.scope.name, scope.scope.version), frozenset())
                 groups.setdefault(taken, []).append((ri, si))
-                items[taken] = items.get(taken, 0) + _count_scope(signal, scope)
+                items[taken] = items.get(taken, 0) + signal.count_scope(scope)
         lost = groups.pop((), None)
         if lost:
             self._no_route.inc(items[()])
@@ -275,12 +275,6 @@ class Router:
                 if len(memory) > TRACE_MEMORY:
                     memory.popitem(last=False)
         return out, attributes
-
-
-def _count_scope(signal: Signal, scope: Any) -> int:
-    if signal is LOGS:
-        return len(scope.log_records)
-    return sum(len(getattr(m, kind).data_points) for m in scope.metrics if (kind := m.WhichOneof("data")))
 
 
 def _scope_subset(batch: Batch, scopes: list[tuple[int, int]], count: int) -> Batch:

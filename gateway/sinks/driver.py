@@ -55,7 +55,7 @@ class SinkDriver:
     def __init__(self, name: str, sink: Sink, config: SinkConfig, metrics: Metrics, signal: Signal = TRACES) -> None:
         self.name = name
         self.signal = signal
-        self.key = name if signal is TRACES else f"{name}/{signal.name}"  # in /health and logs
+        self.key = driver_key(name, signal)
         self.sink = sink
         self.config = config
         self.capacity = config.queue.max_spans
@@ -371,6 +371,11 @@ class SinkDriver:
         self._failed.inc(spans)
         self.last_error = error
         self.status = status
+
+
+def driver_key(sink: str, signal: Signal) -> str:
+    """How a sink's driver for `signal` is named in /health and logs: `out`, `out/logs`, `out/metrics`."""
+    return sink if signal is TRACES else f"{sink}/{signal.name}"
 
 
 def _backoff(attempt: int, initial: float, maximum: float, server_hint: float | None) -> float:
