@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.batch import Batch
 from gateway.config import Config
@@ -47,17 +47,14 @@ _RETRY_AFTER_S = 1.0
 
 @dataclass(slots=True)
 class Flow:
-    """What one config builds; `processors` and `buffer` may be carried over to the next."""
+    """What one config builds; processors (`named`) and `buffer` may be carried over to the next."""
 
     config: Config
-    processors: tuple[Processor, ...]  # for traces
     named: dict[str, tuple[object, Processor]]  # pipeline.<name> -> (its settings, the processor)
-    router: Router  # for traces
-    buffer: TraceBuffer | None
-    chains: dict[str, tuple[Processor, ...]]  # by signal name
+    chains: dict[str, tuple[Processor, ...]]  # by signal name; traces' holds every processor
     routers: dict[str, Router]  # by signal name
-    buffer_config: TailConfig | None = None
-    retired: list[SinkDriver] = field(default_factory=list)
+    buffer: TraceBuffer | None
+    buffer_config: TailConfig | None
 
 
 class Pipeline:
@@ -93,15 +90,14 @@ class Pipeline:
         routes = config.route_list()
         routers = {sig.name: Router(routes, {d.name: d for d in drivers.values() if d.signal is sig}, self.metrics, sig)
                    for sig in SIGNALS.values()}
-        router = routers["traces"]
-        buffer_config = config.sampling.tail or (TailConfig() if router.by_trace else None)
+        buffer_config = config.sampling.tail or (TailConfig() if routers["traces"].by_trace else None)
         buffer = None
         if buffer_config is not None:
             if previous is not None and previous.buffer is not None and previous.buffer_config == buffer_config:
                 buffer = previous.buffer  # same settings: keep the traces it holds
             else:
                 buffer = TraceBuffer(buffer_config, self.metrics, self._deliver, Policies(buffer_config, self.metrics))
-        return Flow(config, tuple(chain), named, router, buffer, chains, routers, buffer_config)
+        return Flow(config, named, chains, routers, buffer, buffer_config)
 
     async def start(self) -> None:
         started: list[SinkDriver] = []
@@ -124,10 +120,9 @@ class Pipeline:
         if self._closing:
             raise Refused("otelgate is shutting down; retry later", retry_after=_RETRY_AFTER_S)
         flow = self.flow
-        traces = batch.signal is TRACES
-        for process in flow.processors if traces else flow.chains[batch.signal.name]:
+        for process in flow.chains[batch.signal.name]:
             batch = process(batch)
-        if traces and flow.buffer is not None and batch.items:
+        if batch.signal is TRACES and flow.buffer is not None and batch.items:
             flow.buffer.add(batch)  # reads the LLM calls' usage for the cost and token policies
             batch.llm_calls = None
             return
@@ -156,7 +151,7 @@ class Pipeline:
         if self._paused is not None:
             self._held.append(batch)
             return
-        deliveries = self.flow.router.route(batch)
+        deliveries = self.flow.routers["traces"].route(batch)
         self._serialize_for_disk(deliveries)
         for part, targets in deliveries:
             for driver in targets:
@@ -228,8 +223,8 @@ class Pipeline:
                 await old.buffer.stop("reload")  # decides what it holds; kept traces take the new routes
             if flow.buffer is not None:
                 flow.buffer.start()
-        kept = {id(p) for p in flow.processors}
-        for process in old.processors:
+        kept = {id(p) for p in flow.chains["traces"]}
+        for process in old.chains["traces"]:
             if id(process) not in kept:
                 _close(process)
         for d in retired:
@@ -247,7 +242,7 @@ class Pipeline:
         if self.flow.buffer is not None:
             await self.flow.buffer.stop("shutdown")
         await asyncio.gather(*(d.drain(timeout) for d in self.drivers.values()), *self._draining)
-        for process in self.flow.processors:
+        for process in self.flow.chains["traces"]:
             _close(process)
 
     def health(self) -> dict[str, dict[str, object]]:
