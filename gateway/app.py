@@ -14,7 +14,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +27,7 @@ from gateway.processors import Processor
 from gateway.receivers.intake import Intake
 from gateway.receivers.otlp_grpc import OtlpGrpcReceiver
 from gateway.receivers.otlp_http import OtlpHttpReceiver
+from gateway.service import worker_id
 from gateway.telemetry import Metrics
 
 _log = get_logger("gateway")
@@ -56,9 +57,13 @@ class ConfigStatus:
 
 class Gateway:
     def __init__(self, config: Config, processors: Sequence[Processor] | None = None,
-                 config_path: str | os.PathLike[str] | None = None) -> None:
-        """`config_path` is the file `config` came from: it is watched and reloaded on change or SIGHUP."""
+                 config_path: str | os.PathLike[str] | None = None,
+                 loader: Callable[[Path], Config] = load) -> None:
+        """`config_path` is the file `config` came from: it is watched and reloaded on change or SIGHUP,
+        read with `loader` (a worker's adjusts ports, admin socket and disk queue directories)."""
         self.config = config
+        self._load = loader
+        self._worker = worker_id()
         self.config_path = Path(config_path) if config_path is not None else None
         self.config_status = ConfigStatus()
         self._config_digest = _digest(self.config_path)
@@ -79,7 +84,9 @@ class Gateway:
         """Start everything, or roll back what started and raise."""
         try:
             await self.admin.start()
-            _log.info("admin listening", endpoint=self.admin.endpoint, paths="/health /metrics")
+            # A worker's admin socket is its supervisor's business, not the public endpoint.
+            _log.info("admin listening" if self._worker is None else "worker admin socket",
+                      endpoint=self.admin.endpoint, paths="/health /metrics")
             await self.pipeline.start()
             for name, receiver in self.receivers.items():
                 await receiver.start()
@@ -93,7 +100,7 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(700, 10, 100)  # full passes 10x rarer: the trace buffer holds many young objects
         self.admin.state = "running"
-        _log.info("ready", sinks=",".join(self.pipeline.drivers))
+        _log.info("ready" if self._worker is None else "worker up", sinks=",".join(self.pipeline.drivers))
 
     async def stop(self) -> None:
         """Idempotent; safe after a partial start."""
@@ -117,7 +124,7 @@ class Gateway:
         async with self._reload_lock:
             digest = _digest(self.config_path)
             try:
-                config = load(self.config_path)
+                config = self._load(self.config_path)
             except ConfigError as exc:
                 self._config_digest = digest
                 self.config_status.last_error = exc.errors

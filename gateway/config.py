@@ -106,6 +106,20 @@ class ServiceConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     config_watch_interval: Duration = Field(
         1.0, description="How often the config file is checked for changes (0: only on SIGHUP).")
+    workers: int | Literal["auto"] = Field(
+        1, description="Worker processes sharing the receivers' ports (auto: one per core); see docs/scaling.md.")
+
+    @model_validator(mode="after")
+    def _workers_positive(self) -> "ServiceConfig":
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 256:
+            raise ValueError("workers: expected 1 to 256, or auto")
+        return self
+
+    def worker_count(self) -> int:
+        """`workers` as a number (`auto`: the cores this process may run on)."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return int(self.workers)
 
 
 PipelineConfig = create_model(  # one key per registered processor, each with its defaults
@@ -134,6 +148,7 @@ class Config(StrictModel):
         if self.pipeline.price.enabled and not self.pipeline.normalize.enabled:
             errors.append("pipeline.price: pricing reads what pipeline.normalize finds; enable it or disable price")
         errors.extend(self._route_errors())
+        errors.extend(self._worker_errors())
         if errors:
             raise ConfigError(errors)
         return self
@@ -198,6 +213,22 @@ class Config(StrictModel):
                     compile_match(policy.match, f"sampling.tail.policies[{i}].match")
                 except MatchError as exc:
                     errors.extend(exc.errors)
+        return errors
+
+    def _worker_errors(self) -> list[str]:
+        """What needs a whole trace in one process cannot run on several workers yet (no trace
+        affinity between workers): refuse it here rather than decide on part of a trace."""
+        if self.service.worker_count() <= 1:
+            return []
+        errors = []
+        if self.sampling.tail is not None:
+            errors.append("service.workers: tail sampling needs every span of a trace in one process; with workers > 1 "
+                          "it is not supported yet: run one worker, or tail-sample in a second tier behind a "
+                          "loadbalancing sink (docs/scaling.md)")
+        for i, route in enumerate(self.routes or ()):
+            if route.by == "trace":
+                errors.append(f"routes[{i}].by: by: trace needs every span of a trace in one process; with "
+                              "service.workers > 1 it is not supported yet (docs/scaling.md)")
         return errors
 
     def route_list(self) -> list[RouteConfig]:

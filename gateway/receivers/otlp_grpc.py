@@ -28,6 +28,7 @@ from gateway.receivers.auth import Unauthenticated
 from gateway.receivers.intake import Intake, describe_decode_error
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import grpc_server_credentials
+from gateway.service import worker_id
 
 PROTOCOL = "grpc"
 
@@ -51,7 +52,7 @@ class OtlpGrpcReceiver:
         limit = self.config.max_message_bytes
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 0 if worker_id() is None else 1),  # workers share the port
         ])
         server.add_generic_rpc_handlers(tuple(
             grpc.method_handlers_generic_handler(signal.grpc_method[1:].rsplit("/", 1)[0], {  # the service's full name

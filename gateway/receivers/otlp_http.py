@@ -32,6 +32,7 @@ from gateway.receivers.auth import Unauthenticated
 from gateway.receivers.intake import Intake, describe_decode_error
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import server_ssl_context
+from gateway.service import worker_id
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -79,7 +80,7 @@ class OtlpHttpReceiver:
         await runner.setup()
         try:
             tls = self.config.tls
-            site = web.TCPSite(runner, host, port, reuse_address=True,
+            site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=worker_id() is not None,
                                ssl_context=server_ssl_context(tls) if tls is not None else None)
             await site.start()
         except BaseException:

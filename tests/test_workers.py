@@ -1,0 +1,186 @@
+"""`service.workers`: several real gateway processes on one port, one supervisor, one admin endpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from gateway.config import ConfigError, parse
+from gateway.sinks.wal import WriteAheadLog
+from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, spans_in, wait_for
+from tests.test_backpressure_health_metrics import metric, metric_in
+from tests.test_disk_queue import PROTO, _forwarder, _request
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="SO_REUSEPORT workers need Linux")
+
+
+def _workers_config(workdir: Path, n: int = 2, **sink: Any) -> dict[str, Any]:
+    config = gateway_config(workdir, **sink)
+    config["service"]["workers"] = n
+    return config
+
+
+def _worker_files(workdir: Path, stem: str = "out") -> dict[str, list[str]]:
+    files = (p for p in sorted(workdir.glob(f"{stem}.worker-*.jsonl")) if p.name[len(stem) + 8:-6].isdigit())
+    return {p.name: [s["name"] for s in spans_in(read_json_lines(p))] for p in files}
+
+
+def _post(gw: GatewayProcess, tag: str, n: int = 20) -> int:
+    # A new connection each time (no session): the kernel spreads connections over the workers.
+    return requests.post(f"{gw.http}/v1/traces", data=_request(tag, n), headers=PROTO, timeout=10).status_code
+
+
+def test_two_workers_share_the_port_and_the_admin_endpoint_sums_them(tmp_path: Path) -> None:
+    gw = GatewayProcess(_workers_config(tmp_path), tmp_path).wait_ready(60)
+    try:
+        health = requests.get(f"{gw.admin}/health", timeout=5).json()
+        assert health["status"] == "ok"
+        assert [(w["id"], w["status"]) for w in health["workers"]] == [(0, "running"), (1, "running")]
+        pids = {w["pid"] for w in health["workers"]}
+        assert len(pids) == 2 and gw.pid not in pids
+        for k in range(60):
+            assert _post(gw, f"r{k}") == 200
+        wait_for(lambda: sum(map(len, _worker_files(tmp_path).values())) == 1200, timeout=20)
+        files = _worker_files(tmp_path)
+        assert sorted(files) == ["out.worker-0.jsonl", "out.worker-1.jsonl"]
+        assert all(files.values()), f"one worker took every connection: {[len(v) for v in files.values()]}"
+        assert sorted(n for names in files.values() for n in names) == sorted(f"r{k}/{i}" for k in range(60) for i in range(20))
+        # /metrics: one total, the sum of the workers' own counters (read from their files here).
+        text = requests.get(f"{gw.admin}/metrics", timeout=5).text
+        assert metric_in(text, "otelgate_receiver_accepted_spans_total") == 1200
+        assert metric_in(text, "otelgate_sink_sent_spans_total", sink="out") == 1200
+        assert metric_in(text, "otelgate_receiver_request_duration_seconds_count", protocol="http") == 60
+        assert metric_in(text, "otelgate_workers", status="running") == 2
+        assert text.count("# TYPE otelgate_receiver_accepted_spans_total counter") == 1
+        # gRPC shares its port too: a channel per request, so connections spread as well.
+        import grpc
+
+        for k in range(10):
+            with grpc.insecure_channel(gw.grpc) as channel:
+                export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+                export(_request(f"g{k}"), timeout=10)
+        wait_for(lambda: metric(gw.admin, "otelgate_receiver_accepted_spans_total", protocol="grpc") == 200, timeout=20)
+    finally:
+        assert gw.stop() == 0
+    assert "worker=0" in gw.log_text() and "worker=1" in gw.log_text()
+
+
+def test_kill_9_of_a_worker_under_load_restarts_it_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    receiver = GatewayProcess(gateway_config(b_dir), b_dir).wait_ready()
+    a_dir = tmp_path / "a"
+    a_dir.mkdir()
+    config = _forwarder(a_dir, receiver.http, {}, batch={"max_delay": "1s"})
+    config["service"]["workers"] = 2
+    a = GatewayProcess(config, a_dir).wait_ready(60)
+    try:
+        acked: list[str] = []
+        stop = threading.Event()
+
+        def sender(client: int) -> None:
+            for k in range(100_000):
+                if stop.is_set():
+                    return
+                tag = f"c{client}-{k}"
+                try:
+                    if _post(a, tag) == 200:
+                        acked.extend(f"{tag}/{i}" for i in range(20))
+                except requests.RequestException:
+                    pass  # the killed worker's connection: not acknowledged
+
+        threads = [threading.Thread(target=sender, args=(c,)) for c in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(acked) > 2_000, timeout=30)
+        victim = requests.get(f"{a.admin}/health", timeout=5).json()["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: (w := requests.get(f"{a.admin}/health", timeout=5).json()["workers"][0])["pid"] != victim
+                 and w["status"] == "running", timeout=30, interval=0.2)
+        wait_for(lambda: len(acked) > 4_000, timeout=30)  # the load goes on through both workers
+        stop.set()
+        for t in threads:
+            t.join(15)
+        names = lambda: {s["name"] for s in spans_in(read_json_lines(b_dir / "out.jsonl"))}  # noqa: E731
+        wait_for(lambda: set(acked) <= names(), timeout=30, interval=0.2)
+        assert metric(a.admin, "otelgate_worker_restarts_total", worker="0") == 1
+        log = a.log_text()
+        assert "worker died; restarting it" in log and "killed by SIGKILL" in log
+        assert "delivering what the disk queue kept" in log or not (a_dir / "queue" / "worker-0").exists()
+    finally:
+        assert a.stop() == 0
+        receiver.stop()
+
+
+def test_sighup_reaches_every_worker(tmp_path: Path) -> None:
+    config = _workers_config(tmp_path)
+    gw = GatewayProcess(config, tmp_path).wait_ready(60)
+    try:
+        config["service"]["log_level"] = "warning"
+        config["service"]["config_watch_interval"] = 0  # only the signal reloads
+        assert gw.config_path is not None
+        gw.config_path.write_text(yaml.safe_dump(config))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: metric(gw.admin, "otelgate_config_reloads_total", outcome="applied") == 2, timeout=20)
+    finally:
+        assert gw.stop() == 0
+
+
+def test_worker_0_delivers_the_disk_queue_of_a_worker_that_no_longer_exists(tmp_path: Path) -> None:
+    config = _workers_config(tmp_path, queue={"type": "disk", "dir": str(tmp_path / "queue")})
+    orphan = WriteAheadLog(tmp_path / "queue" / "worker-5" / "out", max_bytes=1 << 30)
+    orphan.open()
+    for k in range(3):
+        orphan.append(_request(f"orphan{k}"), 20)
+    orphan.close()
+    gw = GatewayProcess(config, tmp_path).wait_ready(60)
+    try:
+        wait_for(lambda: len(_worker_files(tmp_path).get("out.worker-0.jsonl", [])) == 60, timeout=20)
+        assert sorted(_worker_files(tmp_path)["out.worker-0.jsonl"]) == sorted(f"orphan{k}/{i}" for k in range(3) for i in range(20))
+        assert not (tmp_path / "queue" / "worker-5").exists()
+        assert "adopted the disk queue of a worker that no longer runs" in gw.log_text()
+    finally:
+        assert gw.stop() == 0
+
+
+def test_a_port_held_by_another_program_fails_the_start(tmp_path: Path) -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        config = _workers_config(tmp_path)
+        config["receivers"]["http"]["endpoint"] = f"127.0.0.1:{holder.getsockname()[1]}"
+        gw = GatewayProcess(config, tmp_path)
+        assert gw.proc.wait(30) == 1
+        assert "cannot bind" in gw.log_text()
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize("extra, error", [
+    ({"sampling": {"tail": {"decision_wait": "1s"}}}, "service.workers: tail sampling"),
+    ({"routes": [{"name": "t", "sinks": ["out"], "by": "trace"}]}, "routes[0].by: by: trace"),
+])
+def test_what_needs_whole_traces_is_refused_with_workers(extra: dict[str, Any], error: str) -> None:
+    base: dict[str, Any] = {"sinks": {"out": {"type": "file"}}, "service": {"workers": 2}, **extra}
+    with pytest.raises(ConfigError) as exc:
+        parse(yaml.safe_dump(base))
+    assert any(e.startswith(error) for e in exc.value.errors), exc.value.errors
+    base["service"]["workers"] = 1
+    parse(yaml.safe_dump(base))
+
+
+def test_workers_auto_is_one_per_core() -> None:
+    config = parse(yaml.safe_dump({"sinks": {"out": {"type": "file"}}, "service": {"workers": "auto"}}))
+    assert config.service.worker_count() == len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError):
+        parse(yaml.safe_dump({"sinks": {"out": {"type": "file"}}, "service": {"workers": 0}}))
