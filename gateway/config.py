@@ -118,8 +118,20 @@ class ServiceConfig(StrictModel):
     def worker_count(self) -> int:
         """`workers` as a number (`auto`: the cores this process may run on)."""
         if self.workers == "auto":
-            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            return max(1, min(cores, _cgroup_cpus() or cores))
         return int(self.workers)
+
+
+def _cgroup_cpus() -> int | None:
+    """The cores a cgroup v2 CPU quota allows (a container's `limits.cpu`), rounded up; None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 PipelineConfig = create_model(  # one key per registered processor, each with its defaults

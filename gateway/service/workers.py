@@ -161,8 +161,12 @@ def adopt_orphans(config: Config, worker: int | None, workers: int) -> None:
                 roots.append(d)
         if worker is not None:
             roots.append(base)
+        subs = [Path(sub) for sub in (name, f"{name}.logs", f"{name}.metrics")]
         for root in roots:
-            for sub in (name, f"{name}.logs", f"{name}.metrics"):
+            # A loadbalancing sink keeps one log per backend: <sink>.backends/<host_port>/<sink>.
+            backends = root / f"{name}.backends"
+            nested = [p.relative_to(root) / sub for p in backends.iterdir() for sub in subs] if backends.is_dir() else []
+            for sub in subs + nested:
                 source = root / sub
                 if source.is_dir() and source != own / sub:
                     _move_log(source, own / sub, name)
