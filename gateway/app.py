@@ -70,7 +70,11 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
         self.pipeline = Pipeline(config, self.metrics, processors)
-        self.intake = intake = Intake(self.pipeline, self.metrics)
+        self.affinity = None  # with workers, when the config decides on whole traces
+        if self._worker is not None:
+            from gateway.service.workers import affinity_for
+            self.affinity = affinity_for(config, self.pipeline, self._worker)
+        self.intake = intake = Intake(self.affinity or self.pipeline, self.metrics)
         intake.configure(config)  # API keys and limits; a reload calls it again
         self.receivers: dict[str, Receiver] = {}
         if config.receivers.grpc is not None:
@@ -88,6 +92,8 @@ class Gateway:
             _log.info("admin listening" if self._worker is None else "worker admin socket",
                       endpoint=self.admin.endpoint, paths="/health /metrics")
             await self.pipeline.start()
+            if self.affinity is not None:
+                await self.affinity.start()
             for name, receiver in self.receivers.items():
                 await receiver.start()
                 self._started.append(name)
@@ -109,6 +115,8 @@ class Gateway:
         for name in reversed(self._started):
             await self.receivers[name].shutdown()
         self._started.clear()
+        if self.affinity is not None:
+            await self.affinity.stop()
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
         await self.admin.shutdown()
 

@@ -160,7 +160,6 @@ class Config(StrictModel):
         if self.pipeline.price.enabled and not self.pipeline.normalize.enabled:
             errors.append("pipeline.price: pricing reads what pipeline.normalize finds; enable it or disable price")
         errors.extend(self._route_errors())
-        errors.extend(self._worker_errors())
         if errors:
             raise ConfigError(errors)
         return self
@@ -225,22 +224,6 @@ class Config(StrictModel):
                     compile_match(policy.match, f"sampling.tail.policies[{i}].match")
                 except MatchError as exc:
                     errors.extend(exc.errors)
-        return errors
-
-    def _worker_errors(self) -> list[str]:
-        """What needs a whole trace in one process cannot run on several workers yet (no trace
-        affinity between workers): refuse it here rather than decide on part of a trace."""
-        if self.service.worker_count() <= 1:
-            return []
-        errors = []
-        if self.sampling.tail is not None:
-            errors.append("service.workers: tail sampling needs every span of a trace in one process; with workers > 1 "
-                          "it is not supported yet: run one worker, or tail-sample in a second tier behind a "
-                          "loadbalancing sink (docs/scaling.md)")
-        for i, route in enumerate(self.routes or ()):
-            if route.by == "trace":
-                errors.append(f"routes[{i}].by: by: trace needs every span of a trace in one process; with "
-                              "service.workers > 1 it is not supported yet (docs/scaling.md)")
         return errors
 
     def route_list(self) -> list[RouteConfig]:

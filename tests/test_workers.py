@@ -166,17 +166,53 @@ def test_a_port_held_by_another_program_fails_the_start(tmp_path: Path) -> None:
         holder.close()
 
 
-@pytest.mark.parametrize("extra, error", [
-    ({"sampling": {"tail": {"decision_wait": "1s"}}}, "service.workers: tail sampling"),
-    ({"routes": [{"name": "t", "sinks": ["out"], "by": "trace"}]}, "routes[0].by: by: trace"),
-])
-def test_what_needs_whole_traces_is_refused_with_workers(extra: dict[str, Any], error: str) -> None:
-    base: dict[str, Any] = {"sinks": {"out": {"type": "file"}}, "service": {"workers": 2}, **extra}
-    with pytest.raises(ConfigError) as exc:
-        parse(yaml.safe_dump(base))
-    assert any(e.startswith(error) for e in exc.value.errors), exc.value.errors
-    base["service"]["workers"] = 1
-    parse(yaml.safe_dump(base))
+def _trace_request(spans: list[tuple[bytes, str, bool]]) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for trace_id, name, error in spans:
+        span = scope.spans.add(trace_id=trace_id, span_id=os.urandom(8), name=name)
+        if error:
+            span.status.code = 2  # STATUS_CODE_ERROR
+    return req.SerializeToString()
+
+
+def test_tail_sampling_with_workers_decides_whole_traces_at_their_owner(tmp_path: Path) -> None:
+    from gateway.service.affinity import owner_of
+
+    config = _workers_config(tmp_path)
+    config["sampling"] = {"tail": {"decision_wait": "3s", "idle": "3s", "policies": [{"type": "error"}]}}
+    gw = GatewayProcess(config, tmp_path).wait_ready(60)
+    try:
+        import random
+
+        rng = random.Random(3)
+        traces = [rng.randbytes(16) for _ in range(60)]
+        errors = set(traces[::3])
+        # Each trace in three requests (new connections: they land on either worker); the error,
+        # if any, in the last one, so a worker seeing only part of the trace would decide wrong.
+        for part in range(3):
+            chunk = [(t, f"{t.hex()}/{part}", part == 2 and t in errors) for t in traces]
+            for k in range(0, len(chunk), 10):
+                assert requests.post(f"{gw.http}/v1/traces", data=_trace_request(chunk[k:k + 10]), headers=PROTO,
+                                     timeout=10).status_code == 200
+        wait_for(lambda: sum(map(len, _worker_files(tmp_path).values())) >= 3 * len(errors), timeout=30, interval=0.2)
+        wait_for(lambda: metric(gw.admin, "otelgate_tail_traces") == 0, timeout=30, interval=0.2)
+        files = _worker_files(tmp_path)
+        kept: dict[bytes, list[str]] = {}
+        for name, spans in files.items():
+            worker = int(name.split(".")[1].split("-")[1])
+            for span in spans:
+                tid = bytes.fromhex(span.split("/")[0])
+                assert owner_of(tid, 2) == worker, "a trace was decided away from its owner"
+                kept.setdefault(tid, []).append(span)
+        assert set(kept) == errors  # the same decisions as one process
+        assert all(len(set(names)) == 3 for names in kept.values())
+        assert metric(gw.admin, "otelgate_sampled_spans_total", policy="tail", decision="dropped") == 3 * (60 - len(errors))
+        assert metric(gw.admin, "otelgate_affinity_forwarded_spans_total") > 0
+    finally:
+        assert gw.stop() == 0
 
 
 def test_workers_auto_is_one_per_core() -> None:

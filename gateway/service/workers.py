@@ -52,7 +52,7 @@ from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
 from gateway.admin import AdminServer
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.configtypes import split_endpoint
 from gateway.logs import get_logger
 from gateway.service import WORKER_ENV, worker_id
@@ -124,7 +124,28 @@ def worker_setup(config: Config) -> tuple[Config, Any]:
     _tag_logs(worker)
     if worker == 0:
         adopt_orphans(config, 0, workers)
-    return worker_config(config, worker, endpoints), lambda path: worker_config(load(path), worker, endpoints)
+    from gateway.service.affinity import needs_affinity
+
+    affinity = needs_affinity(config)
+
+    def reload_config(path: Path) -> Config:
+        fresh = load(path)
+        if needs_affinity(fresh) != affinity:
+            raise ConfigError(["service.workers: turning tail sampling or by: trace routes on or off while running "
+                               "with workers takes a restart (trace affinity is set up at start)"])
+        return worker_config(fresh, worker, endpoints)
+
+    return worker_config(config, worker, endpoints), reload_config
+
+
+def affinity_for(config: Config, pipeline: Any, worker: int) -> Any:
+    """The trace-affinity front of a worker's pipeline, or None when the config needs no whole traces."""
+    from gateway.service.affinity import AffinityPipeline, needs_affinity
+
+    if not needs_affinity(config):
+        return None
+    endpoints = orjson.loads(os.environ[ENDPOINTS_ENV])
+    return AffinityPipeline(pipeline, worker, int(os.environ.get(COUNT_ENV, "1")), endpoints["dir"])
 
 
 def _tag_logs(worker: int) -> None:
@@ -312,7 +333,7 @@ class Supervisor:
             self._endpoints[name] = f"{host}:{sock.getsockname()[1]}"
 
     def _spawn(self, w: _Worker) -> None:
-        endpoints = {**self._endpoints, "admin": f"unix:{w.admin_socket}"}
+        endpoints = {**self._endpoints, "admin": f"unix:{w.admin_socket}", "dir": self._dir}
         try:
             os.unlink(w.admin_socket)
         except FileNotFoundError:
