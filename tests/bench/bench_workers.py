@@ -8,8 +8,8 @@ file sink to /dev/null, delivery checked by the `sent` metric) with `--workers 1
 with `--workers 2`, `--rounds` times alternately, so that both see the same machine load; the
 table has the median of each and the median of the per-round ratios. The
 gateway's CPU is the supervisor's plus every worker's. The clients run on the same cores, so
-client spans/s is bounded by them too. Tail sampling is not measured with 2 workers: it is
-refused at config check with workers > 1 (no trace affinity between workers yet).
+client spans/s is bounded by them too. With tail sampling, 2 workers hand about half of each
+request to the worker that owns its traces (trace affinity): that cost is in the figure.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_gateway  # noqa: E402
 
-SCENARIOS = {"plain": ["--no-processors"], "llm": []}
+SCENARIOS = {"plain": ["--no-processors"], "llm": [],
+             # tail sampling (traces of 2 spans, 10% LLM): with 2 workers, about half of every request is
+             # handed to the other worker (trace affinity)
+             "tail": ["--llm-share", "0.1", "--trace-spans", "2", "--tail", "2"]}
 
 
 def main() -> int:
@@ -32,7 +35,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--scenarios", default="plain,llm")
+    parser.add_argument("--scenarios", default="plain,llm,tail")
     args = parser.parse_args()
     rows, ok = [], True
     for scenario in args.scenarios.split(","):
