@@ -167,6 +167,7 @@ def test_two_tiers_keep_every_trace_whole_at_one_replica_through_a_restart(tmp_p
         t2[1].stop()
 
 
+@pytest.mark.slow  # ~20 s: a backend dies, fails over and comes back
 def test_failover_moves_a_dead_backends_keys_to_the_next_and_back(tmp_path: Path) -> None:
     ports = [_free_port(), _free_port()]
     alive = _tier2(tmp_path / "t2-0", ports[0])
@@ -266,7 +267,7 @@ def test_dns_resolver_follows_records_that_change_during_the_run(tmp_path: Path)
                                           "nameserver": server.endpoint}})
     try:
         health = lambda: requests.get(f"{t1.admin}/health", timeout=5).json()["sinks"]["tier2"]  # noqa: E731
-        assert sorted(health()["backends"]) == [f"127.0.0.1:{port}"]
+        wait_for(lambda: sorted(health()["backends"]) == [f"127.0.0.1:{port}"], timeout=10, interval=0.1)
         first_ring = health()["ring"]
         server.addresses = ["127.0.0.1", "127.0.0.2"]
         wait_for(lambda: len(health()["backends"]) == 2, timeout=10, interval=0.1)

@@ -38,8 +38,20 @@ def _post(gw: GatewayProcess, tag: str, n: int = 20) -> int:
 
 
 def test_two_workers_share_the_port_and_the_admin_endpoint_sums_them(tmp_path: Path) -> None:
-    gw = GatewayProcess(_workers_config(tmp_path), tmp_path).wait_ready(60)
+    """Also: worker 0 delivers the disk queue of a worker that no longer exists, and SIGHUP reaches every worker."""
+    config = _workers_config(tmp_path, queue={"type": "disk", "dir": str(tmp_path / "queue")})
+    orphan = WriteAheadLog(tmp_path / "queue" / "worker-5" / "out", max_bytes=1 << 30)
+    orphan.open()
+    for k in range(3):
+        orphan.append(_request(f"orphan{k}"), 20)
+    orphan.close()
+    gw = GatewayProcess(config, tmp_path).wait_ready(60)
     try:
+        wait_for(lambda: len(_worker_files(tmp_path).get("out.worker-0.jsonl", [])) == 60, timeout=20)
+        assert sorted(_worker_files(tmp_path)["out.worker-0.jsonl"]) == sorted(f"orphan{k}/{i}" for k in range(3) for i in range(20))
+        assert not (tmp_path / "queue" / "worker-5").exists()
+        assert "adopted the disk queue of a worker that no longer runs" in gw.log_text()
+        sent_names = lambda: {w: [n for n in names if n.startswith("r")] for w, names in _worker_files(tmp_path).items()}  # noqa: E731
         health = requests.get(f"{gw.admin}/health", timeout=5).json()
         assert health["status"] == "ok"
         assert [(w["id"], w["status"]) for w in health["workers"]] == [(0, "running"), (1, "running")]
@@ -47,15 +59,15 @@ def test_two_workers_share_the_port_and_the_admin_endpoint_sums_them(tmp_path: P
         assert len(pids) == 2 and gw.pid not in pids
         for k in range(60):
             assert _post(gw, f"r{k}") == 200
-        wait_for(lambda: sum(map(len, _worker_files(tmp_path).values())) == 1200, timeout=20)
-        files = _worker_files(tmp_path)
+        wait_for(lambda: sum(map(len, sent_names().values())) == 1200, timeout=20)
+        files = sent_names()
         assert sorted(files) == ["out.worker-0.jsonl", "out.worker-1.jsonl"]
         assert all(files.values()), f"one worker took every connection: {[len(v) for v in files.values()]}"
         assert sorted(n for names in files.values() for n in names) == sorted(f"r{k}/{i}" for k in range(60) for i in range(20))
         # /metrics: one total, the sum of the workers' own counters (read from their files here).
         text = requests.get(f"{gw.admin}/metrics", timeout=5).text
         assert metric_in(text, "otelgate_receiver_accepted_spans_total") == 1200
-        assert metric_in(text, "otelgate_sink_sent_spans_total", sink="out") == 1200
+        assert metric_in(text, "otelgate_sink_sent_spans_total", sink="out") == 1200 + 60  # and the orphan's
         assert metric_in(text, "otelgate_receiver_request_duration_seconds_count", protocol="http") == 60
         assert metric_in(text, "otelgate_workers", status="running") == 2
         assert text.count("# TYPE otelgate_receiver_accepted_spans_total counter") == 1
@@ -67,6 +79,13 @@ def test_two_workers_share_the_port_and_the_admin_endpoint_sums_them(tmp_path: P
                 export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
                 export(_request(f"g{k}"), timeout=10)
         wait_for(lambda: metric(gw.admin, "otelgate_receiver_accepted_spans_total", protocol="grpc") == 200, timeout=20)
+        # SIGHUP to the supervisor reloads every worker.
+        config["service"]["log_level"] = "warning"
+        config["service"]["config_watch_interval"] = 0  # only the signal reloads
+        assert gw.config_path is not None
+        gw.config_path.write_text(yaml.safe_dump(config))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: metric(gw.admin, "otelgate_config_reloads_total", outcome="applied") == 2, timeout=20)
     finally:
         assert gw.stop() == 0
     assert "worker=0" in gw.log_text() and "worker=1" in gw.log_text()
@@ -117,37 +136,6 @@ def test_kill_9_of_a_worker_under_load_restarts_it_and_loses_nothing_acknowledge
     finally:
         assert a.stop() == 0
         receiver.stop()
-
-
-def test_sighup_reaches_every_worker(tmp_path: Path) -> None:
-    config = _workers_config(tmp_path)
-    gw = GatewayProcess(config, tmp_path).wait_ready(60)
-    try:
-        config["service"]["log_level"] = "warning"
-        config["service"]["config_watch_interval"] = 0  # only the signal reloads
-        assert gw.config_path is not None
-        gw.config_path.write_text(yaml.safe_dump(config))
-        gw.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: metric(gw.admin, "otelgate_config_reloads_total", outcome="applied") == 2, timeout=20)
-    finally:
-        assert gw.stop() == 0
-
-
-def test_worker_0_delivers_the_disk_queue_of_a_worker_that_no_longer_exists(tmp_path: Path) -> None:
-    config = _workers_config(tmp_path, queue={"type": "disk", "dir": str(tmp_path / "queue")})
-    orphan = WriteAheadLog(tmp_path / "queue" / "worker-5" / "out", max_bytes=1 << 30)
-    orphan.open()
-    for k in range(3):
-        orphan.append(_request(f"orphan{k}"), 20)
-    orphan.close()
-    gw = GatewayProcess(config, tmp_path).wait_ready(60)
-    try:
-        wait_for(lambda: len(_worker_files(tmp_path).get("out.worker-0.jsonl", [])) == 60, timeout=20)
-        assert sorted(_worker_files(tmp_path)["out.worker-0.jsonl"]) == sorted(f"orphan{k}/{i}" for k in range(3) for i in range(20))
-        assert not (tmp_path / "queue" / "worker-5").exists()
-        assert "adopted the disk queue of a worker that no longer runs" in gw.log_text()
-    finally:
-        assert gw.stop() == 0
 
 
 def test_a_port_held_by_another_program_fails_the_start(tmp_path: Path) -> None:
