@@ -306,7 +306,6 @@ class LoadBalancer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resolver_task: asyncio.Task[None] | None = None
         self._log = get_logger(f"sink.{self.key}")
-        _collector(metrics).sinks[self.key] = self
 
     # -- what the pipeline reads -----------------------------------------------------------------
 
@@ -352,6 +351,7 @@ class LoadBalancer:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        _collector(self._metrics).sinks[self.key] = self  # replaces the instance a reload retired
         resolver = self.config.resolver
         if resolver.static is not None:
             await self._set_backends(resolver.static.endpoints)
@@ -468,6 +468,9 @@ class LoadBalancer:
 
     async def drain(self, timeout: float) -> None:
         self._closing = True
+        gauges = _collector(self._metrics).sinks
+        if gauges.get(self.key) is self:
+            del gauges[self.key]
         if self._resolver_task is not None:
             self._resolver_task.cancel()
             await asyncio.gather(self._resolver_task, return_exceptions=True)
