@@ -378,9 +378,10 @@ class Supervisor:
         now = time.monotonic()
         for w in self.workers:
             if w.proc is not None and w.status in ("starting", "running") and w.proc.poll() is not None:
-                ran = now - w.started_at
-                w.backoff = _RESTART_BACKOFF[0] if ran > _STABLE_AFTER else min(_RESTART_BACKOFF[1], w.backoff * 2)
-                w.next_start = now + (_RESTART_BACKOFF[0] if ran > _STABLE_AFTER else w.backoff)
+                if now - w.started_at > _STABLE_AFTER:  # it had run fine: not a crash loop
+                    w.backoff = _RESTART_BACKOFF[0]
+                w.next_start = now + w.backoff
+                w.backoff = min(_RESTART_BACKOFF[1], w.backoff * 2)
                 w.status = "restarting"
                 w.restarts += 1
                 for key, value in w.last_counters.items():  # totals never go backwards
