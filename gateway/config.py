@@ -50,6 +50,8 @@ class HttpReceiverConfig(StrictModel):
     max_body_bytes: ByteSize = Field(
         20 * 1024 * 1024, gt=0, description="Bounds the body as sent and again after decompression (gzip bombs).")
     tls: ServerTlsConfig | None = Field(None, description="Omitted: plain text.")
+    langfuse_hold: Duration = Field(5.0, ge=0, description="How long an observation the Langfuse ingestion API "
+                                    "opened waits for its update (end time, output, usage) before it is sent.")
 
 
 class ReceiversConfig(StrictModel):
