@@ -21,6 +21,7 @@ disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+_SCORE_BUCKETS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 100.0)  # -1..1, 0..1, 1-5 stars, 0-10
 _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 
 
@@ -122,6 +123,14 @@ class Metrics:
             buckets=_LLM_BUCKETS, registry=r)
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
+
+        # User feedback and evaluation scores (gen_ai.evaluation.result log records); processors/feedback.py.
+        self.llm_feedback = Counter(
+            "otelgate_llm_feedback", "Feedback and evaluation results by app, evaluation name and label",
+            ["app", "name", "label"], registry=r)
+        self.llm_feedback_score = Histogram(
+            "otelgate_llm_feedback_score", "Scores of feedback and evaluation results (gen_ai.evaluation.score.value)",
+            ["app", "name"], buckets=_SCORE_BUCKETS, registry=r)
 
         self.redactions = Counter(
             "otelgate_redactions", "Values redacted, by detector kind or content action (content_drop, content_hash, "
