@@ -11,7 +11,7 @@ The score joins what the traces side sent: `traceId` is the record's trace id in
 Langfuse's OTel ingestion gives the trace), `observationId` its span id in hex, unless the
 score was about the whole trace (a Langfuse trace-level score that came in on the ingestion
 API, whose span id points at the trace's root span). The id is the score's own
-(`langfuse.score.id`) or derived from the record, so a retry upserts rather than duplicates
+(`langfuse.score.id`) or a hash of the record, so a retry upserts rather than duplicates
 (Langfuse upserts scores by id). A numeric value is sent as `value` (`NUMERIC`, or `BOOLEAN`
 when the record says so), a label alone as a `CATEGORICAL` string; the comment is the record's
 body.
@@ -87,8 +87,8 @@ def score_of(record: Any) -> dict[str, Any] | None:
         return None  # Langfuse needs something to attach the score to
     sid = attrs.get("langfuse.score.id")
     if not isinstance(sid, str) or not sid:
-        seed = b"|".join((record.trace_id, record.span_id, name.encode(), str(record.time_unix_nano).encode()))
-        sid = hashlib.sha256(b"otelgate.score:" + seed).hexdigest()[:32]
+        # The record's own bytes: a retry gives the same id (upserted), any other record another.
+        sid = hashlib.sha256(b"otelgate.score:" + record.SerializeToString(deterministic=True)).hexdigest()[:32]
     body["id"] = sid
     if record.body.WhichOneof("value") == "string_value" and record.body.string_value:
         body["comment"] = record.body.string_value

@@ -1,0 +1,262 @@
+"""The Langfuse ingestion API (what the Langfuse SDK v2 and so Dify's Langfuse integration speak),
+through the real gateway: answers as Langfuse's, events to priced spans with stable ids, scores
+to evaluation log records, metrics and Langfuse scores."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from gateway.receivers.langfuse_ingestion import observation_span_id, project_id, root_span_id, trace_id
+from tests.clients import langfuse_v2
+from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, spans_in, wait_for
+from tests.langfuse_server import LangfuseServer
+from tests.test_backpressure_health_metrics import metric
+
+PK, SK = "pk-lf-dify-0001", "sk-lf-dify-0001"
+GPT_4O = (2.5e-6, 10e-6)  # USD per token, published: $2.50 / $10 per million
+SONNET_35 = (3e-6, 15e-6)  # $3 / $15 per million
+
+
+@pytest.fixture(scope="session")
+def langfuse_v2_dir() -> Path:
+    where = langfuse_v2.install()
+    if isinstance(where, str):
+        pytest.skip(where)
+    return where
+
+
+def _attrs(span: dict[str, Any]) -> dict[str, Any]:
+    return {a["key"]: next(iter(a["value"].values()), None) for a in span.get("attributes", [])}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [r for line in read_json_lines(path) for rl in line.get("resourceLogs", [])
+            for sl in rl["scopeLogs"] for r in sl["logRecords"]]
+
+
+def _feedback(gw: GatewayProcess, family: str, labels: dict[str, str]) -> float:
+    """`metric()` for the feedback families, whose label `name` clashes with its parameter."""
+    text = requests.get(f"{gw.admin}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(family + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def _basic(pk: str, sk: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{pk}:{sk}".encode()).decode()}
+
+
+def test_dify_langfuse_integration_with_the_real_sdk_v2(tmp_path: Path, langfuse_v2_dir: Path) -> None:
+    with LangfuseServer(keys={PK: SK}).run_in_thread() as langfuse:
+        config = gateway_config(tmp_path, llm=True)
+        config["receivers"]["http"]["langfuse_hold"] = "300ms"
+        config["auth"] = {"langfuse_keys": [{"public_key": PK, "secret_key": SK, "tenant": "dify"}]}
+        config["sinks"]["lf"] = {"type": "langfuse", "endpoint": langfuse.base_url, "forward_credentials": True,
+                                 "batch": {"max_delay": "20ms"}}
+        gw = GatewayProcess(config, tmp_path).wait_ready()
+        try:
+            run = langfuse_v2.run(langfuse_v2_dir, gw.http, PK, SK)
+            assert run.returncode == 0, run.stderr[-3000:]
+            ids = json.loads(run.stdout.strip().splitlines()[-1])
+            assert ids["project"] == project_id(PK)  # auth_check() and Dify's project-id read passed
+
+            # 3 traces (roots) + llm; workflow: LLM, Code; chatflow: workflow, LLM, LLM 2; + retrieval (held, then joined)
+            spans = wait_for(lambda: len(s := spans_in(read_json_lines(tmp_path / "out.jsonl"))) >= 10 and s)
+            records = wait_for(lambda: len(r := _records(tmp_path / "out.logs.jsonl")) >= 2 and r)
+            wait_for(lambda: len(langfuse.spans()) >= 10 and len(langfuse.scores) >= 2)
+            time.sleep(0.5)  # nothing more arrives
+            spans = spans_in(read_json_lines(tmp_path / "out.jsonl"))
+            assert len(spans) == 10 and len(langfuse.spans()) == 10
+            by_name: dict[str, list[dict[str, Any]]] = {}
+            for s in spans:
+                by_name.setdefault(s["name"], []).append(s)
+
+            # One priced span per call, cost exactly what the spans say.
+            calls = [s for s in spans if _attrs(s).get("otelgate.llm.call")]
+            assert sorted(s["name"] for s in calls) == ["LLM", "LLM", "LLM 2", "llm"]
+            llm = _attrs(by_name["llm"][0])
+            assert llm["otelgate.cost.source"] == "reported" and llm["gen_ai.usage.cost"] == pytest.approx(0.000036, abs=1e-12)
+            assert (llm["gen_ai.usage.input_tokens"], llm["gen_ai.usage.output_tokens"]) == ("120", "30")
+            nodes = {_attrs(s)["otelgate.langfuse.observation_id"]: _attrs(s) for s in by_name["LLM"]}
+            a, c = nodes[ids["node_a"]], nodes[ids["node_c"]]
+            assert a["gen_ai.provider.name"] == "openai" and a["otelgate.cost.source"] == "computed"
+            assert a["gen_ai.usage.cost"] == pytest.approx(1000 * GPT_4O[0] + 200 * GPT_4O[1], abs=1e-9)
+            assert c["gen_ai.provider.name"] == "anthropic"
+            assert c["gen_ai.usage.cost"] == pytest.approx(2000 * SONNET_35[0] + 100 * SONNET_35[1], abs=1e-9)
+            assert by_name["LLM 2"][0]["status"]["code"] == 2  # the failed node: an error span
+
+            # Stable ids: the Langfuse ids, as OTel ids; roots, parents, trace-level and observation scores.
+            chat = next(s for s in by_name["message"] if s["traceId"] == ids["chatflow"].replace("-", ""))
+            assert chat["spanId"] == root_span_id(ids["chatflow"]).hex() and "parentSpanId" not in chat
+            workflow = next(s for s in by_name["workflow"] if s["traceId"] == chat["traceId"] and s.get("parentSpanId"))
+            assert workflow["spanId"] == observation_span_id(ids["chat_run"]).hex()
+            assert workflow["parentSpanId"] == chat["spanId"]
+            node = next(s for s in by_name["LLM"] if s["traceId"] == chat["traceId"])
+            assert node["parentSpanId"] == workflow["spanId"]
+            root_attrs = _attrs(chat)
+            assert root_attrs["session.id"] == "conv-0001" and root_attrs["user.id"] == "end-user-7"
+            assert root_attrs["langfuse.trace.metadata.app_id"] == "app-0001"
+
+            # span() now, end() in a later request: one span, joined while held.
+            (retrieval,) = by_name["retrieval"]
+            assert int(retrieval["endTimeUnixNano"]) - int(retrieval["startTimeUnixNano"]) == 3_000_000_000
+            assert "otelgate.langfuse.partial" not in _attrs(retrieval)
+            assert _attrs(retrieval)["langfuse.observation.output"] == '{"documents":3}'
+
+            # Resources say where the data came from.
+            lines = read_json_lines(tmp_path / "out.jsonl")
+            resources = [{a["key"]: a["value"]["stringValue"] for a in rs["resource"]["attributes"]}
+                         for line in lines for rs in line["resourceSpans"]]
+            assert all(r["otelgate.intake"] == "langfuse.ingestion" and r["otelgate.tenant"] == "dify" for r in resources)
+
+            # Scores: evaluation log records joined to trace and span, counted, and Langfuse scores.
+            like = next(r for r in records if _attrs(r)["gen_ai.evaluation.name"] == "user-feedback")
+            assert like["eventName"] == "gen_ai.evaluation.result"
+            assert like["traceId"] == ids["message"].replace("-", "")
+            assert like["spanId"] == root_span_id(ids["message"]).hex()
+            assert _attrs(like)["gen_ai.evaluation.score.value"] == 1.0
+            rating = next(r for r in records if _attrs(r)["gen_ai.evaluation.name"] == "rating")
+            assert rating["spanId"] == observation_span_id(ids["node_c"]).hex()
+            app = f"langfuse:{PK}"
+            wait_for(lambda: _feedback(gw, "otelgate_llm_feedback_total", {"app": app, "name": "rating", "label": "dislike"}) == 1)
+            assert _feedback(gw, "otelgate_llm_feedback_total", {"app": app, "name": "user-feedback", "label": "none"}) == 1
+            assert _feedback(gw, "otelgate_llm_feedback_score_count", {"app": app, "name": "user-feedback"}) == 1
+            assert _feedback(gw, "otelgate_llm_feedback_score_sum", {"app": app, "name": "user-feedback"}) == 1.0
+
+            scores = langfuse.scores
+            assert scores["score-like-0001"] == {
+                "id": "score-like-0001", "name": "user-feedback", "value": 1.0, "dataType": "NUMERIC",
+                "traceId": ids["message"].replace("-", ""), "comment": "very helpful, mail me at jane@example.com"}
+            assert scores["score-label-0002"]["value"] == "dislike"
+            assert scores["score-label-0002"]["dataType"] == "CATEGORICAL"
+            assert scores["score-label-0002"]["observationId"] == observation_span_id(ids["node_c"]).hex()
+            lf_calls = [s for s in langfuse.spans() if any(kv.key == "otelgate.llm.call" for kv in s.attributes)]
+            assert len(lf_calls) == 4
+            assert not langfuse.rejected
+
+            # The wrong key pair: Langfuse's 401 on both routes; the SDK's auth_check fails.
+            r = requests.get(f"{gw.http}/api/public/projects", headers=_basic(PK, "sk-wrong"), timeout=5)
+            assert r.status_code == 401 and r.json()["error"] == "UnauthorizedError"
+            r = requests.post(f"{gw.http}/api/public/ingestion", json={"batch": []}, headers=_basic("pk-x", "sk-y"), timeout=5)
+            assert r.status_code == 401 and set(r.json()) == {"error", "message"}
+            bad = langfuse_v2.run(langfuse_v2_dir, gw.http, PK, "sk-wrong")
+            assert bad.returncode != 0
+            assert "sk-wrong" not in gw.log_text()
+        finally:
+            assert gw.stop() == 0
+
+
+def _event(etype: str, body: dict[str, Any], ts: str = "2026-03-01T12:00:00.000Z") -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "type": etype, "timestamp": ts, "body": body}
+
+
+def _ingest(gw: GatewayProcess, batch: list[Any], **headers: str) -> requests.Response:
+    return requests.post(f"{gw.http}/api/public/ingestion", json={"batch": batch, "metadata": None},
+                         headers={**_basic("pk-any", "sk-any"), **headers}, timeout=5)
+
+
+def test_ingestion_answers_as_langfuse_does(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, llm=True)
+    config["receivers"]["http"]["langfuse_hold"] = "200ms"
+    config["pipeline"] = {"redact": {"enabled": True, "content": "hash", "hash_secret": "0123456789abcdef"}}
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        good = _event("generation-create", {"id": "gen-1", "traceId": "t-1", "name": "chat", "model": "gpt-4o",
+                                            "startTime": "2026-03-01T12:00:00Z", "endTime": "2026-03-01T12:00:01Z",
+                                            "usage": {"input": 10, "output": 2, "unit": "TOKENS"}})
+        unknown = _event("trace-delete", {"id": "t-1"})
+        no_body = {"id": "ev-no-body", "type": "span-create", "timestamp": "2026-03-01T12:00:00Z"}
+        orphan_update = _event("span-update", {})
+        log = _event("sdk-log", {"log": "retrying"})
+        score = _event("score-create", {"id": "s-1", "traceId": "t-1", "name": "thumbs", "value": "up",
+                                        "comment": "call me on 555-0100"})
+        r = _ingest(gw, [good, unknown, no_body, orphan_update, log, score, "not an event"])
+        assert r.status_code == 207, r.text
+        body = r.json()
+        assert body["successes"] == [{"id": good["id"], "status": 201}, {"id": score["id"], "status": 201}]
+        errors = {e["id"]: e for e in body["errors"]}
+        assert set(errors) == {unknown["id"], "ev-no-body", orphan_update["id"], "unknown"}
+        assert all(e["status"] == 400 and e["message"] == "Invalid request data" and e["error"] for e in errors.values())
+
+        assert requests.post(f"{gw.http}/api/public/ingestion", data=b"{}", headers={
+            **_basic("a", "b"), "Content-Type": "application/json"}, timeout=5).json() == {
+            "message": "Invalid request data", "errors": ["batch: Required array"]}
+        r = requests.get(f"{gw.http}/api/public/ingestion", timeout=5)
+        assert r.status_code == 405 and r.json()["error"] == "MethodNotAllowedError"
+        r = requests.get(f"{gw.http}/api/public/projects", headers=_basic("pk-any", "sk-any"), timeout=5)
+        assert r.status_code == 200 and r.json()["data"][0]["id"] == project_id("pk-any")
+
+        # An update in a later request joins the held span; an update for nothing held is its own part.
+        r = _ingest(gw, [_event("span-create", {"id": "open-1", "traceId": "t-2", "name": "tool",
+                                                "startTime": "2026-03-01T12:00:00Z"})])
+        assert r.status_code == 207 and not r.json()["errors"]
+        r = _ingest(gw, [_event("span-update", {"id": "open-1", "traceId": "t-2", "endTime": "2026-03-01T12:00:02Z",
+                                                "output": {"ok": True}})])
+        assert r.status_code == 207 and not r.json()["errors"]
+        r = _ingest(gw, [_event("span-create", {"id": "never-ends", "traceId": "t-2", "name": "forgotten",
+                                                "startTime": "2026-03-01T12:00:05Z"})])
+        time.sleep(0.6)  # past the hold: sent as it is
+        r = _ingest(gw, [_event("span-update", {"id": "never-ends", "traceId": "t-2", "endTime": "2026-03-01T12:00:09Z"})])
+        spans = wait_for(lambda: len(s := spans_in(read_json_lines(tmp_path / "out.jsonl"))) >= 4 and s)
+        tool = [s for s in spans if s["name"] == "tool"]
+        assert len(tool) == 1 and int(tool[0]["endTimeUnixNano"]) - int(tool[0]["startTimeUnixNano"]) == 2_000_000_000
+        parts = [s for s in spans if s["spanId"] == observation_span_id("never-ends").hex()]
+        assert len(parts) == 2 and sum(bool(_attrs(s).get("otelgate.langfuse.partial")) for s in parts) == 1
+        assert all(s["traceId"] == trace_id("t-2").hex() for s in parts)
+
+        gen = next(s for s in spans if s["name"] == "chat")
+        assert _attrs(gen)["gen_ai.usage.cost"] == pytest.approx(10 * GPT_4O[0] + 2 * GPT_4O[1], abs=1e-9)
+        (record,) = _records(tmp_path / "out.logs.jsonl")
+        assert record["body"]["stringValue"].startswith("hmac-sha256:")  # the comment is content: redacted
+        assert _attrs(record)["gen_ai.evaluation.score.label"] == "up"
+        assert _feedback(gw, "otelgate_llm_feedback_total", {"app": "langfuse:pk-any", "name": "thumbs", "label": "up"}) == 1
+        assert "retrying" in gw.log_text()  # sdk-log: logged, in neither list
+    finally:
+        assert gw.stop() == 0
+
+
+def test_otel_evaluation_events_are_counted_and_become_scores(tmp_path: Path) -> None:
+    with LangfuseServer().run_in_thread() as langfuse:
+        config = gateway_config(tmp_path, llm=True)
+        config["sinks"]["lf"] = {"type": "langfuse", "endpoint": langfuse.base_url, "public_key": "pk-lf-test-0001",
+                                 "secret_key": "sk-lf-test-0001", "batch": {"max_delay": "20ms"}}
+        gw = GatewayProcess(config, tmp_path).wait_ready()
+        try:
+            def record(name: str, value: float | None, label: str | None) -> dict[str, Any]:
+                attrs = [{"key": "gen_ai.evaluation.name", "value": {"stringValue": name}}]
+                if value is not None:
+                    attrs.append({"key": "gen_ai.evaluation.score.value", "value": {"doubleValue": value}})
+                if label is not None:
+                    attrs.append({"key": "gen_ai.evaluation.score.label", "value": {"stringValue": label}})
+                return {"timeUnixNano": "1772366400000000000", "eventName": "gen_ai.evaluation.result",
+                        "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "attributes": attrs}
+            export = {"resourceLogs": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "chatbot"}}]},
+                                        "scopeLogs": [{"logRecords": [record("helpfulness", 1.0, "like"),
+                                                                      record("helpfulness", 0.0, "dislike"),
+                                                                      record("helpfulness", 1.0, "like"),
+                                                                      record("relevance", 0.8, None),
+                                                                      {"body": {"stringValue": "plain log"}}]}]}]}
+            r = requests.post(f"{gw.http}/v1/logs", json=export, timeout=5)
+            assert r.status_code == 200
+            wait_for(lambda: _feedback(gw, "otelgate_llm_feedback_total", {"app": "chatbot"}) == 4)
+            assert _feedback(gw, "otelgate_llm_feedback_total", {"app": "chatbot", "name": "helpfulness", "label": "like"}) == 2
+            assert _feedback(gw, "otelgate_llm_feedback_total", {"app": "chatbot", "name": "relevance", "label": "none"}) == 1
+            assert _feedback(gw, "otelgate_llm_feedback_score_sum", {"app": "chatbot", "name": "relevance"}) == pytest.approx(0.8)
+            # Scores to Langfuse (three distinct ids: the two equal "like"s at one instant are one score, upserted);
+            # the plain log record is counted as rejected, never sent.
+            wait_for(lambda: metric(gw.admin, "otelgate_sink_sent_log_records_total", sink="lf")
+                     + metric(gw.admin, "otelgate_sink_dropped_log_records_total", sink="lf") >= 5)
+            assert {(s["name"], s["value"]) for s in langfuse.scores.values()} == {
+                ("helpfulness", 1.0), ("helpfulness", 0.0), ("relevance", 0.8)}
+            assert all(s["traceId"] == "0af7651916cd43dd8448eb211c80319c" and s["observationId"] == "b7ad6b7169203331"
+                       for s in langfuse.scores.values())
+            assert not langfuse.rejected
+        finally:
+            assert gw.stop() == 0
