@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import requests
 
-from gateway.receivers.langfuse_ingestion import observation_span_id, project_id, root_span_id, trace_id
+from gateway.receivers.langfuse_ingestion import (
+    convert, observation_span_id, project_id, root_span_id, trace_id, usage_and_cost,
+)
 from tests.clients import langfuse_v2
 from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, spans_in, wait_for
 from tests.langfuse_server import LangfuseServer
@@ -56,7 +58,7 @@ def _basic(pk: str, sk: str) -> dict[str, str]:
 def test_dify_langfuse_integration_with_the_real_sdk_v2(tmp_path: Path, langfuse_v2_dir: Path) -> None:
     with LangfuseServer(keys={PK: SK}).run_in_thread() as langfuse:
         config = gateway_config(tmp_path, llm=True)
-        config["receivers"]["http"]["langfuse_hold"] = "300ms"
+        config["receivers"]["http"]["langfuse_hold"] = "3s"  # the SDK's next flush comes well before
         config["auth"] = {"langfuse_keys": [{"public_key": PK, "secret_key": SK, "tenant": "dify"}]}
         config["sinks"]["lf"] = {"type": "langfuse", "endpoint": langfuse.base_url, "forward_credentials": True,
                                  "batch": {"max_delay": "20ms"}}
@@ -147,7 +149,7 @@ def test_dify_langfuse_integration_with_the_real_sdk_v2(tmp_path: Path, langfuse
             r = requests.post(f"{gw.http}/api/public/ingestion", json={"batch": []}, headers=_basic("pk-x", "sk-y"), timeout=5)
             assert r.status_code == 401 and set(r.json()) == {"error", "message"}
             bad = langfuse_v2.run(langfuse_v2_dir, gw.http, PK, "sk-wrong")
-            assert bad.returncode != 0
+            assert bad.returncode == 3 and "401" in bad.stderr, bad.stderr[-2000:]
             assert "sk-wrong" not in gw.log_text()
         finally:
             assert gw.stop() == 0
@@ -164,7 +166,7 @@ def _ingest(gw: GatewayProcess, batch: list[Any], **headers: str) -> requests.Re
 
 def test_ingestion_answers_as_langfuse_does(tmp_path: Path) -> None:
     config = gateway_config(tmp_path, llm=True)
-    config["receivers"]["http"]["langfuse_hold"] = "200ms"
+    config["receivers"]["http"]["langfuse_hold"] = "1s"
     config["pipeline"] = {"redact": {"enabled": True, "content": "hash", "hash_secret": "0123456789abcdef"}}
     gw = GatewayProcess(config, tmp_path).wait_ready()
     try:
@@ -202,7 +204,7 @@ def test_ingestion_answers_as_langfuse_does(tmp_path: Path) -> None:
         assert r.status_code == 207 and not r.json()["errors"]
         r = _ingest(gw, [_event("span-create", {"id": "never-ends", "traceId": "t-2", "name": "forgotten",
                                                 "startTime": "2026-03-01T12:00:05Z"})])
-        time.sleep(0.6)  # past the hold: sent as it is
+        time.sleep(1.8)  # past the hold: sent as it is
         r = _ingest(gw, [_event("span-update", {"id": "never-ends", "traceId": "t-2", "endTime": "2026-03-01T12:00:09Z"})])
         spans = wait_for(lambda: len(s := spans_in(read_json_lines(tmp_path / "out.jsonl"))) >= 4 and s)
         tool = [s for s in spans if s["name"] == "tool"]
@@ -260,3 +262,38 @@ def test_otel_evaluation_events_are_counted_and_become_scores(tmp_path: Path) ->
             assert not langfuse.rejected
         finally:
             assert gw.stop() == 0
+
+
+def test_conversion_ids_usage_and_cost() -> None:
+    """The mapping itself: stable ids, Langfuse v2 usage to Langfuse's usage/cost details (what the
+    normalizer reads), counts in characters left out, Langfuse's event order within a batch."""
+    assert trace_id("a1b2c3d4-0001-4e5f-8a9b-000000000001").hex() == "a1b2c3d400014e5f8a9b000000000001"
+    assert trace_id("0af7651916cd43dd8448eb211c80319c").hex() == "0af7651916cd43dd8448eb211c80319c"
+    assert trace_id("my-trace") == trace_id("my-trace") != trace_id("my-trace-2") and len(trace_id("my-trace")) == 16
+    assert observation_span_id("b7ad6b7169203331").hex() == "b7ad6b7169203331"
+    assert len(observation_span_id("node-1")) == 8 and observation_span_id("node-1") != root_span_id("node-1")
+    assert trace_id("00000000-0000-0000-0000-000000000000") != bytes(16)  # never the invalid all-zero id
+
+    assert usage_and_cost({"usage": {"input": 10, "output": 5, "total": 15, "unit": "TOKENS", "totalCost": 0.25}}) == (
+        {"input": 10, "output": 5, "total": 15}, {"total": 0.25})
+    assert usage_and_cost({"usage": {"promptTokens": 7, "completionTokens": 3, "totalTokens": 10}}) == (
+        {"input": 7, "output": 3, "total": 10}, None)
+    assert usage_and_cost({"usage": {"input": 40, "output": 12, "unit": "CHARACTERS"}}) == (None, None)
+    assert usage_and_cost({"usageDetails": {"input": 5, "input_cached_tokens": 20, "output": 1, "bad": "x"},
+                           "costDetails": {"input": 0.1, "output": 0.2}}) == (
+        {"input": 5, "input_cached_tokens": 20, "output": 1}, {"input": 0.1, "output": 0.2})
+    assert usage_and_cost({"usage": {"input": -1, "output": True, "total": 2.5}}) == (None, None)
+
+    # An update listed before its create is applied after it (Langfuse sorts updates last).
+    update = _event("generation-update", {"id": "g", "traceId": "t", "endTime": "2026-03-01T12:00:02Z",
+                                          "usage": {"input": 3, "output": 1}}, ts="2026-03-01T12:00:00.000Z")
+    create = _event("generation-create", {"id": "g", "traceId": "t", "name": "first", "model": "gpt-4o",
+                                          "startTime": "2026-03-01T12:00:00Z"}, ts="2026-03-01T12:00:01.000Z")
+    out = convert([update, create], lambda _id: None)
+    assert not out.errors and not out.held and len(out.spans) == 1
+    span = out.spans[0]
+    attrs = {kv.key: kv.value for kv in span.attributes}
+    assert span.name == "first" and span.end_time_unix_nano - span.start_time_unix_nano == 2_000_000_000
+    assert attrs["langfuse.observation.type"].string_value == "generation"
+    assert json.loads(attrs["langfuse.observation.usage_details"].string_value) == {"input": 3, "output": 1}
+    assert span.parent_span_id == root_span_id("t") and span.trace_id == trace_id("t")

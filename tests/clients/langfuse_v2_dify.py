@@ -16,6 +16,7 @@ Usage: python langfuse_v2_dify.py <host> <public_key> <secret_key>
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -27,7 +28,11 @@ from langfuse.version import __version__
 def main(host: str, public_key: str, secret_key: str) -> None:
     assert __version__.startswith("2."), __version__
     client = Langfuse(public_key=public_key, secret_key=secret_key, host=host, flush_interval=0.1)
-    client.auth_check()  # Dify's api_check()
+    try:
+        client.auth_check()  # Dify's api_check()
+    except Exception as exc:  # Dify answers the settings form with this error
+        print(f"auth_check failed: {exc}", file=sys.stderr, flush=True)
+        os._exit(3)
     project = client.client.projects.get().data[0].id  # Dify's get_project_key()
     t0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
     meta = {"app_id": "app-0001", "tenant_id": "tenant-0001", "user_id": "end-user-7",
@@ -86,9 +91,9 @@ def main(host: str, public_key: str, secret_key: str) -> None:
     client.flush()
     later.end(end_time=t0 + timedelta(seconds=3), output={"documents": 3})
     client.flush()
-    client.shutdown()
     print(json.dumps({"project": project, "message": message_id, "workflow": run_id, "chatflow": chat_msg,
-                      "node_a": node_a, "node_c": node_c, "failed": failed, "chat_run": chat_run}))
+                      "node_a": node_a, "node_c": node_c, "failed": failed, "chat_run": chat_run}), flush=True)
+    os._exit(0)  # everything is flushed; skip the SDK's exit-time thread joins (seconds each)
 
 
 if __name__ == "__main__":
