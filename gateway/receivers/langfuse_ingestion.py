@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -49,8 +49,8 @@ from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ScopeLogs
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from gateway.batch import RequestContext
 from gateway.errors import RateLimited, Refused
@@ -86,16 +86,15 @@ _log = get_logger("receiver.langfuse")
 
 def trace_id(lf_id: str) -> bytes:
     """The OTel trace id of a Langfuse trace id (see the module docstring)."""
-    h = lf_id.replace("-", "").lower()
-    if len(h) == 32 and _is_hex(h) and h.strip("0"):
-        return bytes.fromhex(h)
+    h = lf_id.replace("-", "")
+    if len(h) == 32 and (raw := _hex(h)) is not None and any(raw):
+        return raw
     return hashlib.sha256(b"otelgate.langfuse.trace:" + lf_id.encode()).digest()[:16]
 
 
 def observation_span_id(lf_id: str) -> bytes:
-    h = lf_id.lower()
-    if len(h) == 16 and _is_hex(h) and h.strip("0"):
-        return bytes.fromhex(h)
+    if len(lf_id) == 16 and (raw := _hex(lf_id)) is not None and any(raw):
+        return raw
     return hashlib.sha256(b"otelgate.langfuse.observation:" + lf_id.encode()).digest()[:8]
 
 
@@ -111,8 +110,11 @@ def project_id(public_key: str | None) -> str:
     return "otelgate-" + hashlib.sha256(public_key.encode()).hexdigest()[:16]
 
 
-def _is_hex(s: str) -> bool:
-    return all(c in "0123456789abcdef" for c in s)
+def _hex(s: str) -> bytes | None:
+    try:
+        return bytes.fromhex(s) if s.isascii() and s.isalnum() else None  # fromhex alone skips spaces
+    except ValueError:
+        return None
 
 
 def _nanos(value: Any) -> int | None:
@@ -137,7 +139,18 @@ def _text(value: Any) -> str:
 
 def _kv(key: str, value: Any) -> KeyValue:
     kv = KeyValue(key=key)
-    v = kv.value
+    _set(kv.value, value)
+    return kv
+
+
+def _add(attributes: Any, key: str, value: Any) -> None:
+    """Append `key: value` to a repeated KeyValue field in place (no copy, unlike extend)."""
+    kv = attributes.add()
+    kv.key = key
+    _set(kv.value, value)
+
+
+def _set(v: AnyValue, value: Any) -> None:
     if isinstance(value, bool):
         v.bool_value = value
     elif isinstance(value, int) and -(2 ** 63) <= value < 2 ** 63:
@@ -148,7 +161,6 @@ def _kv(key: str, value: Any) -> KeyValue:
         v.array_value.values.extend(AnyValue(string_value=x) for x in value)
     else:
         v.string_value = _text(value)
-    return kv
 
 
 def _number(value: Any) -> float | None:
@@ -259,50 +271,53 @@ def _check(event: Any) -> tuple[str, str, dict[str, Any]]:
     return eid, etype, body
 
 
-def _trace_span(body: dict[str, Any], at: int) -> Span:
+def _trace_span(span: Span, body: dict[str, Any], at: int) -> None:
+    """Fill `span` (added in place to its request: no copy) with the trace's root span."""
     lf_id = body["id"]
-    span = Span(trace_id=trace_id(lf_id), span_id=root_span_id(lf_id), name=body.get("name") or "trace",
-                kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=at, end_time_unix_nano=at)
-    attrs = [_kv("otelgate.langfuse.trace_id", lf_id)]
+    span.trace_id, span.span_id, span.name = trace_id(lf_id), root_span_id(lf_id), body.get("name") or "trace"
+    span.kind, span.start_time_unix_nano, span.end_time_unix_nano = Span.SPAN_KIND_INTERNAL, at, at
+    attrs = span.attributes
+    _add(attrs, "otelgate.langfuse.trace_id", lf_id)
     for key, attr in (("name", "langfuse.trace.name"), ("userId", "user.id"), ("sessionId", "session.id"),
                       ("release", "langfuse.release"), ("version", "langfuse.version"),
                       ("environment", "langfuse.environment"), ("public", "langfuse.trace.public"),
                       ("input", "langfuse.trace.input"), ("output", "langfuse.trace.output")):
         if body.get(key) is not None:
-            attrs.append(_kv(attr, body[key]))
+            _add(attrs, attr, body[key])
     tags = body.get("tags")
     if isinstance(tags, list) and tags:
-        attrs.append(_kv("langfuse.trace.tags", [str(t) for t in tags]))
-    attrs.extend(_metadata("langfuse.trace.metadata", body.get("metadata")))
-    span.attributes.extend(attrs)
-    return span
+        _add(attrs, "langfuse.trace.tags", [str(t) for t in tags])
+    _metadata(attrs, "langfuse.trace.metadata", body.get("metadata"))
 
 
-def _metadata(prefix: str, metadata: Any) -> Iterable[KeyValue]:
+def _metadata(attributes: Any, prefix: str, metadata: Any) -> None:
     """Langfuse's OTel form: one `<prefix>.<key>` attribute per top-level key."""
     if isinstance(metadata, dict):
         for key, value in metadata.items():
             if value is not None:
-                yield _kv(f"{prefix}.{key}", value)
+                _add(attributes, f"{prefix}.{key}", value)
     elif metadata is not None:
-        yield _kv(prefix, metadata)
+        _add(attributes, prefix, metadata)
 
 
-def _observation_span(obs: Observation, at: int) -> Span:
+def _observation_span(span: Span, obs: Observation, at: int) -> None:
+    """Fill `span` (added in place to its request) with an observation's merged body."""
     b = obs.body
     lf_id = b.get("id") or obs.event_ids[0]
     lf_trace = b.get("traceId") or lf_id
     start = _nanos(b.get("startTime")) or at
     end = _nanos(b.get("endTime")) or start
     parent = b.get("parentObservationId")
-    span = Span(trace_id=trace_id(lf_trace), span_id=observation_span_id(lf_id),
-                parent_span_id=observation_span_id(parent) if parent else root_span_id(lf_trace),
-                name=b.get("name") or obs.kind, kind=Span.SPAN_KIND_INTERNAL,
-                start_time_unix_nano=start, end_time_unix_nano=max(end, start))
-    attrs = [_kv("langfuse.observation.type", obs.kind), _kv("otelgate.langfuse.trace_id", lf_trace),
-             _kv("otelgate.langfuse.observation_id", lf_id)]
+    span.trace_id, span.span_id = trace_id(lf_trace), observation_span_id(lf_id)
+    span.parent_span_id = observation_span_id(parent) if parent else root_span_id(lf_trace)
+    span.name, span.kind = b.get("name") or obs.kind, Span.SPAN_KIND_INTERNAL
+    span.start_time_unix_nano, span.end_time_unix_nano = start, max(end, start)
+    attrs = span.attributes
+    _add(attrs, "langfuse.observation.type", obs.kind)
+    _add(attrs, "otelgate.langfuse.trace_id", lf_trace)
+    _add(attrs, "otelgate.langfuse.observation_id", lf_id)
     if obs.partial:
-        attrs.append(_kv("otelgate.langfuse.partial", True))
+        _add(attrs, "otelgate.langfuse.partial", True)
     for key, attr in (("input", "langfuse.observation.input"), ("output", "langfuse.observation.output"),
                       ("level", "langfuse.observation.level"), ("statusMessage", "langfuse.observation.status_message"),
                       ("version", "langfuse.version"), ("environment", "langfuse.environment"),
@@ -311,24 +326,22 @@ def _observation_span(obs: Observation, at: int) -> Span:
                       ("promptVersion", "langfuse.observation.prompt.version")):
         value = b.get(key)
         if value is not None and value != "":
-            attrs.append(_kv(attr, value))
+            _add(attrs, attr, value)
     if isinstance(b.get("modelParameters"), dict):
-        attrs.append(_kv("langfuse.observation.model.parameters", b["modelParameters"]))
+        _add(attrs, "langfuse.observation.model.parameters", b["modelParameters"])
     usage, cost = usage_and_cost(b)
     if usage:
-        attrs.append(_kv("langfuse.observation.usage_details", usage))
+        _add(attrs, "langfuse.observation.usage_details", usage)
     if cost:
-        attrs.append(_kv("langfuse.observation.cost_details", cost))
-    attrs.extend(_metadata("langfuse.observation.metadata", b.get("metadata")))
-    span.attributes.extend(attrs)
+        _add(attrs, "langfuse.observation.cost_details", cost)
+    _metadata(attrs, "langfuse.observation.metadata", b.get("metadata"))
     if b.get("level") == "ERROR":
         span.status.code = Status.STATUS_CODE_ERROR
         if isinstance(b.get("statusMessage"), str):
             span.status.message = b["statusMessage"]
-    return span
 
 
-def score_record(body: dict[str, Any], at: int) -> LogRecord:
+def score_record(record: LogRecord, body: dict[str, Any], at: int) -> None:
     """A score as the GenAI evaluation event, joined to its trace (and observation, if any).
 
     A numeric value is `gen_ai.evaluation.score.value`; a categorical one (a string) is the
@@ -336,32 +349,31 @@ def score_record(body: dict[str, Any], at: int) -> LogRecord:
     redaction treats as content.
     """
     lf_trace = body.get("traceId")
-    record = LogRecord(time_unix_nano=_nanos(body.get("timestamp")) or at, observed_time_unix_nano=at,
-                       event_name=EVALUATION_EVENT, severity_number=9, severity_text="INFO")
+    record.time_unix_nano, record.observed_time_unix_nano = _nanos(body.get("timestamp")) or at, at
+    record.event_name, record.severity_number, record.severity_text = EVALUATION_EVENT, 9, "INFO"
     if lf_trace:
         record.trace_id = trace_id(lf_trace)
         obs = body.get("observationId")
         record.span_id = observation_span_id(obs) if obs else root_span_id(lf_trace)
     value, data_type = body.get("value"), body.get("dataType")
-    attrs = [_kv("gen_ai.evaluation.name", body["name"])]
+    attrs = record.attributes
+    _add(attrs, "gen_ai.evaluation.name", body["name"])
     number = _number(value)
     if number is not None:
-        attrs.append(_kv("gen_ai.evaluation.score.value", number))
+        _add(attrs, "gen_ai.evaluation.score.value", number)
         if data_type == "BOOLEAN":
-            attrs.append(_kv("gen_ai.evaluation.score.label", "true" if number else "false"))
+            _add(attrs, "gen_ai.evaluation.score.label", "true" if number else "false")
     else:
-        attrs.append(_kv("gen_ai.evaluation.score.label", str(value)))
+        _add(attrs, "gen_ai.evaluation.score.label", str(value))
     for key, attr in (("id", "langfuse.score.id"), ("dataType", "langfuse.score.data_type"),
                       ("source", "langfuse.score.source"), ("configId", "langfuse.score.config_id"),
                       ("sessionId", "session.id"), ("environment", "langfuse.environment"),
                       ("traceId", "otelgate.langfuse.trace_id"), ("observationId", "otelgate.langfuse.observation_id")):
         if body.get(key) is not None:
-            attrs.append(_kv(attr, body[key]))
-    attrs.extend(_metadata("langfuse.score.metadata", body.get("metadata")))
-    record.attributes.extend(attrs)
+            _add(attrs, attr, body[key])
+    _metadata(attrs, "langfuse.score.metadata", body.get("metadata"))
     if isinstance(body.get("comment"), str) and body["comment"]:
         record.body.string_value = body["comment"]
-    return record
 
 
 def _resource_attributes(context: RequestContext, metadata: Any) -> list[KeyValue]:
@@ -377,42 +389,44 @@ def _resource_attributes(context: RequestContext, metadata: Any) -> list[KeyValu
     return attrs
 
 
-def traces_request(resource: list[KeyValue], spans: list[Span]) -> ExportTraceServiceRequest:
+def traces_request(resource: list[KeyValue]) -> tuple[ExportTraceServiceRequest, Any]:
+    """An empty request with this resource, and its spans field to fill in place."""
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
     rs.resource.attributes.extend(resource)
     ss = rs.scope_spans.add()
     ss.scope.name = "langfuse.ingestion"
-    ss.spans.extend(spans)
-    return request
+    return request, ss.spans
 
 
-def logs_request(resource: list[KeyValue], records: list[LogRecord]) -> ExportLogsServiceRequest:
+def logs_request(resource: list[KeyValue]) -> tuple[ExportLogsServiceRequest, Any]:
     request = ExportLogsServiceRequest()
     rl = request.resource_logs.add()
     rl.resource.attributes.extend(resource)
     sl = rl.scope_logs.add()
     sl.scope.name = "langfuse.ingestion"
-    sl.log_records.extend(records)
-    return request
+    return request, sl.log_records
 
 
 @dataclass(slots=True)
 class Converted:
     successes: list[str]
     errors: list[dict[str, Any]]
-    spans: list[Span]  # ready now
-    records: list[LogRecord]
+    spans: Any  # ready now: the repeated Span field given to convert
+    records: Any  # the repeated LogRecord field
     held: dict[str, Observation]  # open observations, by Langfuse observation id
 
 
-def convert(batch: list[Any], held: Callable[[str], Observation | None], now_ns: int | None = None) -> Converted:
-    """Langfuse events -> spans, log records and observations still open.
+def convert(batch: list[Any], held: Callable[[str], Observation | None], spans: Any = None, records: Any = None,
+            now_ns: int | None = None) -> Converted:
+    """Langfuse events -> spans (added to `spans`, a request's repeated Span field), log records
+    (to `records`) and observations still open.
 
     `held(observation_id)` returns (and takes over) an observation an earlier request left open.
     """
     at = now_ns or time.time_ns()
-    out = Converted([], [], [], [], {})
+    out = Converted([], [], spans if spans is not None else ScopeSpans().spans,
+                    records if records is not None else ScopeLogs().log_records, {})
     checked: list[tuple[str, str, dict[str, Any], int]] = []
     for event in batch:
         try:
@@ -437,7 +451,7 @@ def convert(batch: list[Any], held: Callable[[str], Observation | None], now_ns:
             merged.update({k: v for k, v in body.items() if v is not None}, id=lf_id)
             traces[lf_id] = (merged, min(ts, _nanos(body.get("timestamp")) or ts))
         elif etype in SCORE_EVENTS:
-            out.records.append(score_record({**body, "id": body.get("id") or eid}, ts))
+            score_record(out.records.add(), {**body, "id": body.get("id") or eid}, ts)
         else:
             lf_id = body.get("id") or eid
             kind = CREATE_EVENTS.get(etype) or UPDATE_EVENTS.get(etype) or _legacy_kind(body)
@@ -456,10 +470,10 @@ def convert(batch: list[Any], held: Callable[[str], Observation | None], now_ns:
                 obs.body["startTime"] = event_time(ts)
             obs.event_ids.append(eid)
     for body, ts in traces.values():
-        out.spans.append(_trace_span(body, _nanos(body.get("timestamp")) or ts))
+        _trace_span(out.spans.add(), body, _nanos(body.get("timestamp")) or ts)
     for lf_id, obs in observations.items():
         if obs.finished or obs.partial:
-            out.spans.append(_observation_span(obs, at))
+            _observation_span(out.spans.add(), obs, at)
         else:
             out.held[lf_id] = obs
     return out
@@ -561,13 +575,15 @@ class LangfuseIngestion:
             taken[lf_id] = entry
             return entry.observation
 
-        out = convert(payload["batch"], held)
         resource = _resource_attributes(context, payload.get("metadata"))
+        traces, spans = traces_request(resource)
+        logs, records = logs_request(resource)
+        out = convert(payload["batch"], held, spans, records)
         try:
-            if out.records:
-                await self._intake.accept(logs_request(resource, out.records), context, None, LOGS)
-            if out.spans:
-                await self._intake.accept(traces_request(resource, out.spans), context, None, TRACES)
+            if len(records):
+                await self._intake.accept(logs, context, None, LOGS)
+            if len(spans):
+                await self._intake.accept(traces, context, None, TRACES)
         except (Refused, LimitExceeded) as exc:
             for lf_id, entry in taken.items():  # nothing of this request was kept: back as they were
                 self._held[(public_key, lf_id)] = entry
@@ -604,9 +620,10 @@ class LangfuseIngestion:
         """Send held observations as they are (still open: their end is their start)."""
         at = time.time_ns()
         for entry in entries:
-            span = _observation_span(entry.observation, at)
+            request, spans = traces_request(entry.resource)
+            _observation_span(spans.add(), entry.observation, at)
             try:
-                await self._intake.accept(traces_request(entry.resource, [span]), entry.context, None, TRACES)
+                await self._intake.accept(request, entry.context, None, TRACES)
             except Refused as exc:
                 age = time.monotonic() - entry.observation.since
                 if not final and age < self._hold_s + _GIVE_UP_S:
