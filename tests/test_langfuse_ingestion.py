@@ -20,7 +20,7 @@ from gateway.receivers.langfuse_ingestion import (
 from tests.clients import langfuse_v2
 from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, spans_in, wait_for
 from tests.langfuse_server import LangfuseServer
-from tests.test_backpressure_health_metrics import metric
+from tests.test_backpressure_health_metrics import _fill, metric, stuck  # noqa: F401 (stuck: a fixture)
 
 PK, SK = "pk-lf-dify-0001", "sk-lf-dify-0001"
 GPT_4O = (2.5e-6, 10e-6)  # USD per token, published: $2.50 / $10 per million
@@ -297,3 +297,35 @@ def test_conversion_ids_usage_and_cost() -> None:
     assert attrs["langfuse.observation.type"].string_value == "generation"
     assert json.loads(attrs["langfuse.observation.usage_details"].string_value) == {"input": 3, "output": 1}
     assert span.parent_span_id == root_span_id("t") and span.trace_id == trace_id("t")
+
+
+def test_held_observations_are_sent_at_shutdown(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path)
+    config["receivers"]["http"]["langfuse_hold"] = "60s"
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        r = _ingest(gw, [_event("span-create", {"id": "still-open", "traceId": "t-9", "name": "long-tool",
+                                                "startTime": "2026-03-01T12:00:00Z"})])
+        assert r.status_code == 207 and r.json()["successes"]
+        time.sleep(0.3)
+        assert not spans_in(read_json_lines(tmp_path / "out.jsonl"))  # held, waiting for its end
+    finally:
+        assert gw.stop() == 0
+    (span,) = spans_in(read_json_lines(tmp_path / "out.jsonl"))  # acknowledged, so delivered
+    assert span["name"] == "long-tool" and span["spanId"] == observation_span_id("still-open").hex()
+
+
+def test_backpressure_refuses_the_whole_batch(stuck: Any) -> None:
+    gw, fifo = stuck
+    _fill(gw)
+    batch = [_event("generation-create", {"id": "refused-gen", "traceId": "t-r", "name": "refused-call",
+                                          "model": "gpt-4o", "startTime": "2026-03-01T12:00:00Z",
+                                          "endTime": "2026-03-01T12:00:01Z"})]
+    r = _ingest(gw, batch)
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and "queue full" in r.json()["message"]
+    fifo.read_for(30)
+    wait_for(lambda: _ingest(gw, [_event("span-create", {"id": "after", "traceId": "t-a", "name": "after-call",
+                                                         "startTime": "2026-03-01T12:00:00Z",
+                                                         "endTime": "2026-03-01T12:00:01Z"})]).status_code == 207)
+    wait_for(lambda: b"after-call" in bytes(fifo.data))
+    assert b"refused-call" not in bytes(fifo.data)  # refused means nothing of it was kept
