@@ -141,6 +141,20 @@ def test_dify_langfuse_integration_with_the_real_sdk_v2(tmp_path: Path, langfuse
             assert scores["score-label-0002"]["observationId"] == observation_span_id(ids["node_c"]).hex()
             lf_calls = [s for s in langfuse.spans() if any(kv.key == "otelgate.llm.call" for kv in s.attributes)]
             assert len(lf_calls) == 4
+            # What Langfuse needs arrives intact: generations with model, usage and the same cost.
+            lf = {s.name + ":" + s.span_id.hex(): {kv.key: kv.value for kv in s.attributes} for s in lf_calls}
+            lf_llm = next(a for k, a in lf.items() if k.startswith("llm:"))
+            assert lf_llm["langfuse.observation.type"].string_value == "generation"
+            assert lf_llm["langfuse.observation.model.name"].string_value == "gpt-4o-mini"
+            assert json.loads(lf_llm["langfuse.observation.usage_details"].string_value) == {
+                "input": 120, "output": 30, "total": 150}
+            assert json.loads(lf_llm["langfuse.observation.cost_details"].string_value)["total"] == pytest.approx(0.000036)
+            lf_c = lf["LLM:" + observation_span_id(ids["node_c"]).hex()]
+            assert json.loads(lf_c["langfuse.observation.cost_details"].string_value)["total"] == pytest.approx(
+                c["gen_ai.usage.cost"], abs=1e-12)
+            lf_root = next(s for s in langfuse.spans() if s.span_id == root_span_id(ids["message"]))
+            root_kv = {kv.key: kv.value.string_value for kv in lf_root.attributes}
+            assert root_kv["user.id"] == "end-user-7" and root_kv["session.id"] == "conv-0001"
             assert not langfuse.rejected
 
             # The wrong key pair: Langfuse's 401 on both routes; the SDK's auth_check fails.
