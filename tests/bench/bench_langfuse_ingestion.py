@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="otelgate-bench-lf-"))
     config = gateway_config(workdir, llm=True, format="proto")
-    config["sinks"]["out"]["path"] = "/dev/null"
+    config["sinks"]["out"].update(path="/dev/null", logs_path="/dev/null", metrics_path="/dev/null", rotate_bytes=0)
     gw = GatewayProcess(config, workdir).wait_ready()
     out: dict[str, Any] = {"traces_per_request": args.traces, "concurrency": args.concurrency,
                            "note": "client threads share the machine's cores with the gateway"}
