@@ -200,6 +200,7 @@ def test_ingestion_answers_as_langfuse_does(tmp_path: Path) -> None:
         errors = {e["id"]: e for e in body["errors"]}
         assert set(errors) == {unknown["id"], "ev-no-body", orphan_update["id"], "unknown"}
         assert all(e["status"] == 400 and e["message"] == "Invalid request data" and e["error"] for e in errors.values())
+        assert metric(gw.admin, "otelgate_receiver_rejected_spans_total", reason="invalid_langfuse_event") == 4
 
         assert requests.post(f"{gw.http}/api/public/ingestion", data=b"{}", headers={
             **_basic("a", "b"), "Content-Type": "application/json"}, timeout=5).json() == {

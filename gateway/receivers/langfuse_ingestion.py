@@ -594,6 +594,10 @@ class LangfuseIngestion:
             return _json(status, {"message": str(exc)}, {"Retry-After": retry_after})
         for lf_id, obs in out.held.items():
             self._hold((public_key, lf_id), _Held(obs, context, resource))
+        if out.errors:
+            self._intake.rejected(PROTOCOL, "invalid_langfuse_event", len(out.errors))
+        if not len(records) and not len(spans):  # nothing reached the pipeline: count the request here
+            self._intake.malformed(PROTOCOL, "partial" if out.errors else "accepted")
         return _json(207, {"successes": [{"id": i, "status": 201} for i in out.successes], "errors": out.errors})
 
     # -- observations held open --------------------------------------------------------------
