@@ -101,3 +101,15 @@ def _is(span: dict[str, Any], call: dict[str, Any]) -> bool:
     return model == call["model"] and int(a.get("gen_ai.usage.input_tokens") or 0) == call["input_tokens"] and \
         int(a.get("gen_ai.usage.output_tokens") or 0) == call["output_tokens"]
 
+
+
+@pytest.mark.parametrize("plugin_id, provider", [
+    ("langgenius/openai/openai", "openai"), ("langgenius/anthropic/anthropic", "anthropic"),
+    ("langgenius/azure_openai/azure_openai", "azure.ai.openai"), ("langgenius/bedrock/bedrock", "aws.bedrock"),
+    ("langgenius/gemini/google", "gcp.gemini"), ("langgenius/vertex_ai/vertex_ai", "gcp.vertex_ai"),
+    ("langgenius/deepseek/deepseek", "deepseek"),
+])
+def test_dify_plugin_provider_ids(plugin_id: str, provider: str) -> None:
+    """Dify names providers by plugin id (<org>/<plugin>/<provider>); the plugin names the API."""
+    from gateway.llm.providers import canonical_provider
+    assert canonical_provider(plugin_id) == provider

@@ -187,16 +187,20 @@ def test_ingestion_answers_as_langfuse_does(tmp_path: Path) -> None:
         good = _event("generation-create", {"id": "gen-1", "traceId": "t-1", "name": "chat", "model": "gpt-4o",
                                             "startTime": "2026-03-01T12:00:00Z", "endTime": "2026-03-01T12:00:01Z",
                                             "usage": {"input": 10, "output": 2, "unit": "TOKENS"}})
+        dify_node = _event("generation-create", {"id": "gen-2", "traceId": "t-1", "name": "LLM", "model": "house-model-7",
+                                                 "startTime": "2026-03-01T12:00:00Z", "endTime": "2026-03-01T12:00:01Z",
+                                                 "metadata": {"model_provider": "langgenius/openai/openai"},
+                                                 "usage": {"input": 1, "output": 1}})
         unknown = _event("trace-delete", {"id": "t-1"})
         no_body = {"id": "ev-no-body", "type": "span-create", "timestamp": "2026-03-01T12:00:00Z"}
         orphan_update = _event("span-update", {})
         log = _event("sdk-log", {"log": "retrying"})
         score = _event("score-create", {"id": "s-1", "traceId": "t-1", "name": "thumbs", "value": "up",
                                         "comment": "call me on 555-0100"})
-        r = _ingest(gw, [good, unknown, no_body, orphan_update, log, score, "not an event"])
+        r = _ingest(gw, [good, dify_node, unknown, no_body, orphan_update, log, score, "not an event"])
         assert r.status_code == 207, r.text
         body = r.json()
-        assert body["successes"] == [{"id": good["id"], "status": 201}, {"id": score["id"], "status": 201}]
+        assert body["successes"] == [{"id": i, "status": 201} for i in (good["id"], dify_node["id"], score["id"])]
         errors = {e["id"]: e for e in body["errors"]}
         assert set(errors) == {unknown["id"], "ev-no-body", orphan_update["id"], "unknown"}
         assert all(e["status"] == 400 and e["message"] == "Invalid request data" and e["error"] for e in errors.values())
@@ -221,13 +225,15 @@ def test_ingestion_answers_as_langfuse_does(tmp_path: Path) -> None:
                                                 "startTime": "2026-03-01T12:00:05Z"})])
         time.sleep(1.8)  # past the hold: sent as it is
         r = _ingest(gw, [_event("span-update", {"id": "never-ends", "traceId": "t-2", "endTime": "2026-03-01T12:00:09Z"})])
-        spans = wait_for(lambda: len(s := spans_in(read_json_lines(tmp_path / "out.jsonl"))) >= 4 and s)
+        spans = wait_for(lambda: len(s := spans_in(read_json_lines(tmp_path / "out.jsonl"))) >= 5 and s)
         tool = [s for s in spans if s["name"] == "tool"]
         assert len(tool) == 1 and int(tool[0]["endTimeUnixNano"]) - int(tool[0]["startTimeUnixNano"]) == 2_000_000_000
         parts = [s for s in spans if s["spanId"] == observation_span_id("never-ends").hex()]
         assert len(parts) == 2 and sum(bool(_attrs(s).get("otelgate.langfuse.partial")) for s in parts) == 1
         assert all(s["traceId"] == trace_id("t-2").hex() for s in parts)
 
+        node = next(s for s in spans if s["name"] == "LLM")  # Dify names the provider in the metadata only
+        assert _attrs(node)["gen_ai.provider.name"] == "openai"
         gen = next(s for s in spans if s["name"] == "chat")
         assert _attrs(gen)["gen_ai.usage.cost"] == pytest.approx(10 * GPT_4O[0] + 2 * GPT_4O[1], abs=1e-9)
         (record,) = _records(tmp_path / "out.logs.jsonl")

@@ -335,6 +335,13 @@ def _observation_span(span: Span, obs: Observation, at: int) -> None:
     if cost:
         _add(attrs, "langfuse.observation.cost_details", cost)
     _metadata(attrs, "langfuse.observation.metadata", b.get("metadata"))
+    metadata = b.get("metadata")
+    if obs.kind == "generation" and isinstance(metadata, dict):
+        # Dify's generations name their provider only in the metadata (`model_provider`, a plugin
+        # id such as langgenius/openai/openai, which the normalizer maps to the canonical name).
+        provider = metadata.get("model_provider")
+        if isinstance(provider, str) and provider:
+            _add(attrs, "gen_ai.provider.name", provider)
     if b.get("level") == "ERROR":
         span.status.code = Status.STATUS_CODE_ERROR
         if isinstance(b.get("statusMessage"), str):
