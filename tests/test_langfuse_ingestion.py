@@ -249,7 +249,8 @@ def test_otel_evaluation_events_are_counted_and_become_scores(tmp_path: Path) ->
     with LangfuseServer().run_in_thread() as langfuse:
         config = gateway_config(tmp_path, llm=True)
         config["sinks"]["lf"] = {"type": "langfuse", "endpoint": langfuse.base_url, "public_key": "pk-lf-test-0001",
-                                 "secret_key": "sk-lf-test-0001", "batch": {"max_delay": "20ms"}}
+                                 "secret_key": "sk-lf-test-0001", "batch": {"max_delay": "20ms"},
+                                 "retry": {"initial": "100ms", "max": "1s"}}
         gw = GatewayProcess(config, tmp_path).wait_ready()
         try:
             def record(name: str, value: float | None, label: str | None) -> dict[str, Any]:
@@ -266,6 +267,7 @@ def test_otel_evaluation_events_are_counted_and_become_scores(tmp_path: Path) ->
                                                                       record("helpfulness", 1.0, "like"),
                                                                       record("relevance", 0.8, None),
                                                                       {"body": {"stringValue": "plain log"}}]}]}]}
+            langfuse.fail_next(2, status=429, retry_after=1)  # Langfuse's rate limit: retried, nothing lost or doubled
             r = requests.post(f"{gw.http}/v1/logs", json=export, timeout=5)
             assert r.status_code == 200
             wait_for(lambda: _feedback(gw, "otelgate_llm_feedback_total", {"app": "chatbot"}) == 4)
@@ -280,7 +282,7 @@ def test_otel_evaluation_events_are_counted_and_become_scores(tmp_path: Path) ->
                 ("helpfulness", 1.0), ("helpfulness", 0.0), ("relevance", 0.8)}
             assert all(s["traceId"] == "0af7651916cd43dd8448eb211c80319c" and s["observationId"] == "b7ad6b7169203331"
                        for s in langfuse.scores.values())
-            assert not langfuse.rejected
+            assert langfuse.score_posts == 3 and [st for st, _ in langfuse.rejected] == [429, 429]  # one post per score id
         finally:
             assert gw.stop() == 0
 
