@@ -519,6 +519,7 @@ class LangfuseIngestion:
         self._hold_s = hold_s
         self._held: dict[tuple[str | None, str], _Held] = {}  # (public key, observation id), oldest first
         self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", INGESTION_PATH, self.ingest)
@@ -625,7 +626,9 @@ class LangfuseIngestion:
             await self._send([self._held.pop(k) for k in due])
 
     def _release(self, entries: list[_Held]) -> None:
-        asyncio.get_running_loop().create_task(self._send(entries))
+        task = asyncio.get_running_loop().create_task(self._send(entries))
+        self._sending.add(task)  # a task nobody references may be collected before it ran
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, entries: list[_Held], final: bool = False) -> None:
         """Send held observations as they are (still open: their end is their start)."""
@@ -652,5 +655,7 @@ class LangfuseIngestion:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
         entries, self._held = list(self._held.values()), {}
         await self._send(entries, final=True)
