@@ -86,6 +86,7 @@ class SinkDriver:
         self._disk_bytes = 0  # of admitted batches not yet acknowledged (appended or being appended)
         self._writing = 0  # bytes handed to the disk thread, not yet appended
         self._full: str | None = None  # why the queue refuses, while it does (shown on /health)
+        self._refused_size = (1, 0)  # (items, bytes on disk) of the last batch it could not take
         self._retry_wait = asyncio.Event()  # set by drain(): cuts a disk queue's retry wait short
         self._gave_up = False  # a disk queue stopped sending at close; the rest stays in the log
         if config.queue.type == "disk":
@@ -112,7 +113,10 @@ class SinkDriver:
     def has_room(self, batch: Batch) -> bool:
         """An empty queue always takes one batch, however large (short of a full filesystem), so no
         request is refused forever."""
-        self._full = self._room_problem(batch.items, len(batch.serialized()) + _RECORD_OVERHEAD if self._wal else 0)
+        need = len(batch.serialized()) + _RECORD_OVERHEAD if self._wal else 0
+        self._full = self._room_problem(batch.items, need)
+        if self._full is not None:
+            self._refused_size = (batch.items, need)
         return self._full is None
 
     def _room_problem(self, items: int, need: int) -> str | None:
@@ -216,6 +220,7 @@ class SinkDriver:
             self.last_error = f"cannot append to the disk queue: {exc}"
             if exc is not None and is_disk_full(exc):
                 self._full = f"disk_full: {exc}"
+                self._refused_size = (entry.batch.items, len(entry.batch.serialized()) + _RECORD_OVERHEAD)
             self._log.warning("disk queue append failed; this sink did not take the batch", sink=self.key,
                               count=entry.batch.items, error=str(exc))
 
@@ -321,7 +326,7 @@ class SinkDriver:
         """`full` (with the reason in `full_reason`) while the queue refuses; checked afresh, so it
         clears as soon as the queue has room again."""
         if self._full is not None:
-            self._full = self._room_problem(1, 0 if self._wal is None else _RECORD_OVERHEAD)
+            self._full = self._room_problem(*self._refused_size)  # would the batch it refused fit now?
         status = "full" if self._full is not None and not self._closing else self.status
         out: dict[str, object] = {"status": status, "queue_depth": self._depth, "queue_capacity": self.capacity,
                                   "last_error": self.last_error}
