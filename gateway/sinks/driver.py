@@ -463,7 +463,11 @@ def driver_key(sink: str, signal: Signal) -> str:
 
 
 def _backoff(attempt: int, initial: float, maximum: float, server_hint: float | None) -> float:
-    """Exponential backoff with +-50% jitter (the Collector's randomization), never below the server's hint."""
+    """The server's hint (Retry-After, RetryInfo) when it gave one, as the OTel SDK exporters do (the
+    server knows when it will take data again; backoff grown from earlier failures would wait past
+    it); otherwise exponential backoff with +-50% jitter (the Collector's randomization)."""
+    if server_hint is not None and server_hint > 0:
+        return server_hint
     base = min(maximum, initial * 2 ** (attempt - 1))
     delay = base * random.uniform(0.5, 1.5)
-    return max(min(delay, maximum), server_hint or 0.0)
+    return min(delay, maximum)

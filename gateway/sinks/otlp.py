@@ -331,6 +331,7 @@ class OtlpSink:
             options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.max_send_message_length", -1),
                        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                        ("grpc.initial_reconnect_backoff_ms", min(1000, reconnect_max_ms)),
+                       ("grpc.min_reconnect_backoff_ms", min(1000, reconnect_max_ms)),
                        ("grpc.max_reconnect_backoff_ms", reconnect_max_ms)]
             compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
             if config.uses_tls():
@@ -345,6 +346,16 @@ class OtlpSink:
             # No serializers: the request is the concatenated received bytes, the response raw bytes.
             self._export = self._channel.unary_unary(self.signal.grpc_method)
 
+    async def _reconnect_if_failed(self) -> None:
+        """A retry is the driver's decision (its backoff, the server's RetryInfo): a channel still in
+        gRPC's own reconnect backoff would fail it at once, so a failed channel is replaced by a
+        fresh one, which connects now."""
+        assert self._channel is not None
+        if self._channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            old = self._channel
+            self._open()
+            await old.close()
+
     async def shutdown(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
@@ -356,6 +367,8 @@ class OtlpSink:
     async def send(self, batches: Sequence[Batch]) -> Rejected | None:
         if not is_retry_of(self._pending, batches):
             self._pending, self._done, self._refused, self._delivered = list(batches), set(), [], False
+        elif self._channel is not None:
+            await self._reconnect_if_failed()
         groups = split(batches, self.config.max_batch_bytes, self.config.max_batch_spans)
         permanent: PermanentError | None = None
         for g, group in enumerate(groups):
