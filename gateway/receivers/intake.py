@@ -33,6 +33,42 @@ _REFUSAL_LOG_EVERY_S = 10.0  # a client retrying with a bad key must not flood t
 _log = get_logger("receiver")
 
 
+# In-flight requests one receiver processes at once when `max_in_flight_requests` is 0. From the
+# overload benchmark (tests/bench/bench_overload.py, RESULTS.md): a request of 100 spans costs about
+# 1-2 ms of the event loop from body to queue, so 32 in progress keep a second's worth of work well
+# under the 1 s p99 goal, while 8 or more already keep one core busy (goodput at its maximum).
+DEFAULT_MAX_IN_FLIGHT = 32
+
+
+class Admission:
+    """Admission control for one receiver: a bound on requests and bytes in progress, checked before
+    the body is decoded, so under overload the gateway refuses at once (cheap) instead of queueing
+    work it cannot finish in time (latency for everyone, then client timeouts and duplicates)."""
+
+    __slots__ = ("max_requests", "max_bytes", "requests", "bytes", "_gauge")
+
+    def __init__(self, max_requests: int, max_bytes: int, gauge: Any = None) -> None:
+        self.max_requests = max_requests or DEFAULT_MAX_IN_FLIGHT
+        self.max_bytes = max_bytes
+        self.requests = 0
+        self.bytes = 0
+        if gauge is not None:
+            gauge.set_function(lambda: self.requests)
+
+    def enter(self, size: int) -> bool:
+        """Take a slot for a request of `size` bytes, or False (refuse it). One request always fits."""
+        if self.requests and (self.requests >= self.max_requests or
+                              (self.max_bytes and self.bytes + size > self.max_bytes)):
+            return False
+        self.requests += 1
+        self.bytes += size
+        return True
+
+    def leave(self, size: int) -> None:
+        self.requests -= 1
+        self.bytes -= size
+
+
 @dataclass(slots=True)
 class Accepted:
     rejected: int
@@ -47,6 +83,14 @@ class Intake:
         self.limits: Limits | None = None
         self._refusals_unlogged = 0
         self._refusal_logged_at = float("-inf")
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    def overloaded(self, protocol: str) -> None:
+        """Count a request admission control refused (before its body was read or decoded)."""
+        self._metrics.receiver_requests.labels(protocol, "overloaded").inc()
 
     def configure(self, config: Config) -> None:
         """Take the key set and the limits from `config` (at start, and on each reload)."""
