@@ -93,3 +93,116 @@ def test_grpc_sink_uses_a_restarted_backend_again_within_seconds(tmp_path: Path)
     finally:
         gw.stop()
         backend.stop()
+
+
+def _raw(gw: GatewayProcess) -> socket.socket:
+    host, port = gw.endpoints["OTLP/HTTP"].rsplit(":", 1)
+    s = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
+    return s
+
+
+def _read_until_closed(s: socket.socket, timeout: float = 10.0) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    s.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data, time.monotonic() - started
+        data += chunk
+
+
+def test_http_header_and_idle_timeouts_and_connection_cap(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path)
+    config["receivers"]["http"].update(read_header_timeout="1s", idle_timeout="1s", max_connections=8)
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        # Connected, sends nothing: closed with 408 after read_header_timeout.
+        data, took = _read_until_closed(_raw(gw))
+        assert data.startswith(b"HTTP/1.1 408") and 0.8 < took < 3, (data, took)
+        # Slowloris: a header dripped a byte at a time is cut off, not held for an hour.
+        s = _raw(gw)
+        started = time.monotonic()
+        closed = False
+        for byte in b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            s.settimeout(0.1)
+            try:
+                if s.recv(65536) == b"" or True:
+                    closed = True
+                    break
+            except socket.timeout:
+                pass
+            if time.monotonic() - started > 5:
+                break
+        assert closed and time.monotonic() - started < 3
+        # Keep-alive: a served connection left idle is closed after idle_timeout.
+        s = _raw(gw)
+        body = _request("k", 2)
+        s.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        data, took = _read_until_closed(s)
+        assert data.startswith(b"HTTP/1.1 200") and 0.8 < took < 3, (data[:100], took)
+        # The cap: past max_connections a new connection gets 503 + Retry-After at once; the open ones still work.
+        held = [_raw(gw) for _ in range(8)]
+        time.sleep(0.2)
+        data, took = _read_until_closed(_raw(gw))
+        assert data.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in data and took < 0.5, data
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        assert requests.post(f"{gw.http}/v1/traces", data=_request("ok", 2), headers=PROTO, timeout=5).status_code == 200
+        text = requests.get(f"{gw.admin}/metrics", timeout=5).text
+        assert "process_open_fds " in text
+        for reason in ("header_timeout", "idle_timeout", "too_many_connections"):
+            assert metric(gw.admin, "otelgate_receiver_connections_closed_total", reason=reason) >= 1, reason
+    finally:
+        assert gw.stop() == 0
+
+
+def test_grpc_exporter_pointed_at_the_http_port_fails_fast_with_the_fix(tmp_path: Path) -> None:
+    import grpc
+
+    gw = GatewayProcess(gateway_config(tmp_path), tmp_path).wait_ready()
+    try:
+        channel = grpc.insecure_channel(gw.endpoints["OTLP/HTTP"])
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        for _ in range(3):
+            started = time.monotonic()
+            try:
+                export(_request("w", 1), timeout=10)
+                raise AssertionError("a gRPC call to the HTTP port succeeded")
+            except grpc.RpcError as exc:
+                took = time.monotonic() - started
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+                assert "OTEL_EXPORTER_OTLP_PROTOCOL" in exc.details()
+                assert took < 3, took
+        channel.close()
+        assert metric(gw.admin, "otelgate_receiver_requests_total", outcome="wrong_protocol") >= 1
+        lines = [line for line in gw.lines if "wrong protocol" in line]
+        assert len(lines) == 1 and "OTEL_EXPORTER_OTLP_PROTOCOL" in lines[0], lines
+        assert "Traceback" not in gw.log_text() and "PRI/Upgrade" not in gw.log_text()
+    finally:
+        assert gw.stop() == 0
+
+
+def test_grpc_idle_connections_are_closed(tmp_path: Path) -> None:
+    import grpc
+
+    config = gateway_config(tmp_path)
+    config["receivers"]["grpc"]["max_connection_idle"] = "1s"
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        channel = grpc.insecure_channel(gw.grpc)
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        export(_request("g", 1), timeout=5)
+        assert channel._channel.check_connectivity_state(False) == 2  # READY
+        wait_for(lambda: channel._channel.check_connectivity_state(False) == 0, timeout=5)  # IDLE: the server's GOAWAY
+        channel.close()
+    finally:
+        assert gw.stop() == 0

@@ -12,8 +12,9 @@ own handler and adds, as Go's `http.Server` and nginx do:
 - `idle_timeout`: a keep-alive connection with no request for this long is closed.
 - `max_connections`: past it a new connection gets `503` with `Retry-After` and is closed at
   once, so what is open keeps working.
-- An HTTP/2 connection preface (a gRPC exporter pointed at the HTTP port) gets a GOAWAY whose
-  debug text names the fix, so the client fails at once with that message; one log line
+- An HTTP/2 connection preface (a gRPC exporter pointed at the HTTP port) gets its first call
+  answered with gRPC status FAILED_PRECONDITION and a message naming the fix, so the client fails
+  at once with that message instead of hanging or retrying; one log line
   (rate-limited) and `otelgate_receiver_requests_total{outcome="wrong_protocol"}`.
 """
 
@@ -23,6 +24,7 @@ import asyncio
 import resource
 import struct
 import time
+from urllib.parse import quote
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +33,7 @@ from gateway.telemetry import Metrics
 
 _log = get_logger("receiver.http")
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_H2_HTTP_1_1_REQUIRED = 0xD
+_H2_MAX_SNIFF = 64 * 1024
 _LOG_EVERY_S = 60.0
 _FD_RESERVE = 128  # descriptors kept for the gRPC receiver, sinks' files and sockets, admin, config
 
@@ -65,11 +67,44 @@ _TOO_MANY = _response("503 Service Unavailable", "Retry-After: 1\r\n")
 _HEADER_TIMEOUT = _response("408 Request Timeout")
 
 
-def _goaway(message: str) -> bytes:
-    """An HTTP/2 server preface (empty SETTINGS) and a GOAWAY(HTTP_1_1_REQUIRED) with `message` as debug data."""
-    settings = struct.pack(">I", 0)[1:] + bytes([0x4, 0]) + struct.pack(">I", 0)
-    payload = struct.pack(">II", 0, _H2_HTTP_1_1_REQUIRED) + message.encode()
-    return settings + struct.pack(">I", len(payload))[1:] + bytes([0x7, 0]) + struct.pack(">I", 0) + payload
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def _hpack_int(value: int, prefix_bits: int = 7) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([value])
+    out, value = [limit], value - limit
+    while value >= 128:
+        out.append(value % 128 + 128)
+        value //= 128
+    return bytes(out + [value])
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """A literal header field without indexing, new name, no Huffman coding (RFC 7541 6.2.2)."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + _hpack_int(len(n)) + n + _hpack_int(len(v)) + v
+
+
+def _grpc_refusal(stream: int, message: str) -> bytes:
+    """A trailers-only gRPC answer on `stream` with status FAILED_PRECONDITION and `message` (not
+    retryable: a retry reaches the same wrong port), then GOAWAY."""
+    block = (_hpack_literal(":status", "200") + _hpack_literal("content-type", "application/grpc")
+             + _hpack_literal("grpc-status", "9") + _hpack_literal("grpc-message", quote(message, safe=" ()/:=,.'")))
+    return _frame(0x1, 0x5, stream, block) + _frame(0x7, 0, 0, struct.pack(">II", stream, 0))
+
+
+def _first_stream(data: bytes) -> int | None:
+    """The stream id of the first HEADERS frame after the connection preface, once it has arrived."""
+    pos = len(_H2_PREFACE)
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        if data[pos + 3] == 0x1:
+            return int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+        pos += 9 + length
+    return None
 
 
 class ConnectionGuard:
@@ -129,7 +164,7 @@ class ConnectionGuard:
 class _Guard(asyncio.Protocol):
     """Passes everything to aiohttp's protocol (`inner`) and enforces the guard's limits."""
 
-    __slots__ = ("_owner", "_factory", "_inner", "_transport", "_timer", "_state", "_first")
+    __slots__ = ("_owner", "_factory", "_inner", "_transport", "_timer", "_state", "_first", "_h2")
 
     def __init__(self, owner: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
         self._owner = owner
@@ -139,6 +174,7 @@ class _Guard(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._state = "header"  # header (a request's headers are due), busy (a request runs), idle
         self._first = True
+        self._h2: bytes | None = None  # what an HTTP/2 client sent so far
 
     def connection_made(self, transport: Any) -> None:
         owner = self._owner
@@ -184,16 +220,32 @@ class _Guard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
             return
+        if self._h2 is not None:
+            self._h2_received(data)
+            return
         if self._first:
             self._first = False
             if data[:3] == b"PRI" and _H2_PREFACE.startswith(data[:len(_H2_PREFACE)]):
-                self._transport.write(_goaway(self._owner.wrong_protocol()))
-                self._transport.close()
+                self._h2 = b""
+                # Server SETTINGS and an ACK of the client's: a gRPC client sends its call only then.
+                self._transport.write(_frame(0x4, 0, 0) + _frame(0x4, 0x1, 0))
+                self._h2_received(data)
                 return
         if self._state == "idle":  # the first byte of the next request on a kept-alive connection
             self._state = "header"
             self._arm(self._owner.read_header_timeout, "header_timeout")
         self._inner.data_received(data)
+
+    def _h2_received(self, data: bytes) -> None:
+        """An HTTP/2 client (gRPC) on the HTTP port: answer its first call with the fix, and close."""
+        self._h2 = (self._h2 or b"") + data
+        stream = _first_stream(self._h2)
+        if stream is None and len(self._h2) < _H2_MAX_SNIFF:
+            return
+        message = self._owner.wrong_protocol()
+        if stream is not None:
+            self._transport.write(_grpc_refusal(stream, message))
+        self._transport.close()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None

@@ -103,9 +103,8 @@ class OtlpHttpReceiver:
         config = self.config
         host, port = split_endpoint(config.endpoint)
         # auto_decompress=False: aiohttp would otherwise inflate bodies with no output bound.
-        # Its keep-alive timer is ours too; the guard adds the header timeout aiohttp lacks.
-        runner = web.AppRunner(self._app(), auto_decompress=False, access_log=None, shutdown_timeout=5.0,
-                               keepalive_timeout=config.idle_timeout or 3630.0)
+        # The guard keeps the time limits (aiohttp's own keep-alive timer stays at its hour).
+        runner = web.AppRunner(self._app(), auto_decompress=False, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         try:
             tls = config.tls
