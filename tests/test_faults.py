@@ -206,3 +206,41 @@ def test_grpc_idle_connections_are_closed(tmp_path: Path) -> None:
         channel.close()
     finally:
         assert gw.stop() == 0
+
+
+def test_two_gateways_pointed_at_each_other_do_not_amplify(tmp_path: Path) -> None:
+    """A -> B -> A: each span crosses each instance once; the copy that comes back is dropped,
+    counted (`reason="loop"`) and warned about once."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a_grpc, b_http = _free_port(), _free_port()
+    a = gateway_config(a_dir)
+    a["receivers"]["grpc"]["endpoint"] = f"127.0.0.1:{a_grpc}"
+    a["sinks"]["peer"] = {"type": "otlp", "protocol": "http", "endpoint": f"http://127.0.0.1:{b_http}",
+                          "batch": {"max_delay": "20ms"}, "retry": {"initial": "100ms", "max": "200ms"}}
+    b = gateway_config(b_dir)
+    b["receivers"]["http"]["endpoint"] = f"127.0.0.1:{b_http}"
+    b["sinks"]["peer"] = {"type": "otlp", "protocol": "grpc", "endpoint": f"127.0.0.1:{a_grpc}", "compression": "none",
+                          "batch": {"max_delay": "20ms"}, "retry": {"initial": "100ms", "max": "200ms"}}
+    ga = GatewayProcess(a, a_dir).wait_ready()
+    gb = GatewayProcess(b, b_dir).wait_ready()
+    try:
+        for who, gw in (("a", ga), ("b", gb)):  # data entering at either end
+            r = requests.post(f"{gw.http}/v1/traces", data=_request(who, 3), headers=PROTO, timeout=5)
+            assert r.status_code == 200
+        wait_for(lambda: metric(ga.admin, "otelgate_receiver_rejected_spans_total", reason="loop") >= 3
+                 and metric(gb.admin, "otelgate_receiver_rejected_spans_total", reason="loop") >= 3)
+        time.sleep(1.0)  # a loop would keep going: give it time to show
+        for d in (a_dir, b_dir):
+            names = sorted(s["name"] for s in spans_in(read_json_lines(d / "out.jsonl")))
+            assert names == sorted([f"a/{i}" for i in range(3)] + [f"b/{i}" for i in range(3)]), names
+        assert metric(ga.admin, "otelgate_receiver_rejected_spans_total", reason="loop") == 3
+        assert metric(gb.admin, "otelgate_receiver_rejected_spans_total", reason="loop") == 3
+        for gw in (ga, gb):
+            assert sum("data came back to the otelgate instance" in line for line in gw.lines) == 1
+            # the sender learns it from partial success: counted there as rejected, never retried
+            assert metric(gw.admin, "otelgate_sink_dropped_spans_total", sink="peer", reason="rejected") == 3
+    finally:
+        ga.stop()
+        gb.stop()

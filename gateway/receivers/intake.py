@@ -15,7 +15,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from gateway.batch import Batch, RequestContext, count_spans
+from gateway.batch import INSTANCE_ID, VIA_HEADER, Batch, RequestContext, count_spans
 from gateway.config import Config
 from gateway.errors import Refused
 from gateway.logs import get_logger
@@ -29,6 +29,7 @@ from gateway.telemetry import Metrics
 # match it with `tenant:`. With `auth:` it is ignored: the API key names the tenant.
 TENANT_HEADER = "x-otelgate-tenant"
 _REFUSAL_LOG_EVERY_S = 10.0  # a client retrying with a bad key must not flood the log
+_LOOP_LOG_EVERY_S = 600.0  # a loop repeats every export: one warning, then the counter says it
 
 _log = get_logger("receiver")
 
@@ -83,6 +84,7 @@ class Intake:
         self.limits: Limits | None = None
         self._refusals_unlogged = 0
         self._refusal_logged_at = float("-inf")
+        self._loop_logged_at = float("-inf")
 
     @property
     def metrics(self) -> Metrics:
@@ -107,15 +109,16 @@ class Intake:
         at most the key's fingerprint); without, the `x-otelgate-tenant` header, if any.
         """
         auth = self.auth
+        via = _via(header(VIA_HEADER))
         if auth is None:
-            return RequestContext(protocol, tenant=header(TENANT_HEADER))
+            return RequestContext(protocol, tenant=header(TENANT_HEADER), via=via)
         try:
             tenant = auth.tenant(header(auth.header))
         except Unauthenticated as exc:
             self._metrics.receiver_requests.labels(protocol, "unauthenticated").inc()
             self._log_refusal(protocol, exc)
             raise
-        return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute)
+        return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute, via=via)
 
     def identify_langfuse(self, protocol: str, header: Callable[[str], str | None]) -> RequestContext:
         """Who sent a request on the Langfuse-compatible path: its Basic auth key pair.
@@ -157,6 +160,8 @@ class Intake:
         protocol = context.protocol
         m = self._metrics
         counters = m.signals[signal.name]
+        if context.via and INSTANCE_ID in context.via:
+            return self._looped(request, context, signal)
         limits = self.limits
         if limits is not None and signal is not TRACES and limits.max_spans is not None:
             # The count limit holds for every signal (log records, metric points); the others are span limits.
@@ -195,12 +200,31 @@ class Intake:
         m.receiver_requests.labels(protocol, "partial" if rejected else "accepted").inc()
         return Accepted(rejected, message)
 
+    def _looped(self, request: Any, context: RequestContext, signal: Signal) -> Accepted:
+        """Data this instance already handled came back (a sink points at this gateway, or at
+        another otelgate that sends back): drop it, count it, warn (rate-limited), and answer with
+        partial success so the sender counts it as rejected instead of retrying."""
+        items = signal.count(request)
+        self._metrics.signals[signal.name].receiver_rejected.labels(context.protocol, "loop").inc(items)
+        self._metrics.receiver_requests.labels(context.protocol, "loop").inc()
+        now = time.monotonic()
+        if now - self._loop_logged_at >= _LOOP_LOG_EVERY_S:
+            _log.warning("data came back to the otelgate instance that already handled it; dropped (a sink sends "
+                         "to this gateway, directly or through another otelgate): fix that sink's endpoint",
+                         protocol=context.protocol, items=str(items), via=",".join(context.via))
+            self._loop_logged_at = now
+        return Accepted(items, f"loop: this data already passed through otelgate instance {INSTANCE_ID}; dropped")
+
     def malformed(self, protocol: str, outcome: str) -> None:
         """Count a request that could not be read at all (bad payload, too large, wrong type)."""
         self._metrics.receiver_requests.labels(protocol, outcome).inc()
 
     def observe_latency(self, protocol: str, seconds: float) -> None:
         self._metrics.receiver_request_duration.labels(protocol).observe(seconds)
+
+
+def _via(value: str | None) -> tuple[str, ...]:
+    return tuple(v for v in (p.strip() for p in value.split(",")) if v) if value else ()
 
 
 def describe_decode_error(exc: DecodeError, what: str, signal: Signal = TRACES) -> str:
