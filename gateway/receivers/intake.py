@@ -8,6 +8,7 @@ them with `configure(new_config)`, and requests in flight finish with what they 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +42,41 @@ _log = get_logger("receiver")
 DEFAULT_MAX_IN_FLIGHT = 32
 
 
+# The event loop is late by more than this (measured every _LAG_EVERY_S): work is queueing in front
+# of the handlers (sockets, parsers) faster than it is done, so new requests are refused at once.
+MAX_LOOP_LAG_S = 0.1
+_LAG_EVERY_S = 0.05
+
+
+class _LoopLag:
+    """How late the event loop runs a timer: the one overload signal that also sees work queued
+    before a request reaches a handler (connections, header parsing, other receivers, sinks)."""
+
+    def __init__(self) -> None:
+        self.lag = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            loop.call_later(_LAG_EVERY_S, self._tick, loop, loop.time() + _LAG_EVERY_S)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        now = loop.time()
+        self.lag = now - due
+        if not loop.is_closed():
+            loop.call_later(_LAG_EVERY_S, self._tick, loop, now + _LAG_EVERY_S)
+
+
+LOOP_LAG = _LoopLag()
+
+
 class Admission:
-    """Admission control for one receiver: a bound on requests and bytes in progress, checked before
-    the body is decoded, so under overload the gateway refuses at once (cheap) instead of queueing
-    work it cannot finish in time (latency for everyone, then client timeouts and duplicates)."""
+    """Admission control for one receiver: a bound on requests and bytes in progress, and on how late
+    the event loop runs, checked before the body is decoded, so under overload the gateway refuses at
+    once (cheap) instead of queueing work it cannot finish in time (latency for everyone, then client
+    timeouts, and retries that duplicate what was written after the client gave up)."""
 
     __slots__ = ("max_requests", "max_bytes", "requests", "bytes", "_gauge")
 
@@ -58,8 +90,11 @@ class Admission:
 
     def enter(self, size: int) -> bool:
         """Take a slot for a request of `size` bytes, or False (refuse it). One request always fits."""
-        if self.requests and (self.requests >= self.max_requests or
-                              (self.max_bytes and self.bytes + size > self.max_bytes)):
+        lag = LOOP_LAG
+        if lag._loop is None:
+            lag.watch()
+        if lag.lag > MAX_LOOP_LAG_S or (self.requests and (
+                self.requests >= self.max_requests or (self.max_bytes and self.bytes + size > self.max_bytes))):
             return False
         self.requests += 1
         self.bytes += size

@@ -66,7 +66,10 @@ class OtlpGrpcReceiver:
         if config.max_connection_age:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
             options.append(("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000)))
-        server = grpc.aio.server(options=options)
+        # grpc.aio queues every RPC it receives (message and all) until its handler runs: past a
+        # multiple of the admission bound, grpc itself answers RESOURCE_EXHAUSTED, so memory stays
+        # bounded even when the event loop is too busy to run handlers that would refuse them.
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max(64, 4 * self.admission.max_requests))
         server.add_generic_rpc_handlers(tuple(
             grpc.method_handlers_generic_handler(signal.grpc_method[1:].rsplit("/", 1)[0], {  # the service's full name
                 "Export": grpc.unary_unary_rpc_method_handler(partial(self._export, signal))})  # bytes in, bytes out
