@@ -244,3 +244,31 @@ def test_two_gateways_pointed_at_each_other_do_not_amplify(tmp_path: Path) -> No
     finally:
         ga.stop()
         gb.stop()
+
+
+def test_http_admission_control_refuses_past_the_in_flight_bound_at_once(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path)
+    config["receivers"]["http"]["max_in_flight_requests"] = 2
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        body = _request("slow", 50)
+        head = (b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        slow = []
+        for _ in range(2):  # two requests in progress: their bodies are still arriving
+            s = _raw(gw)
+            s.sendall(head + body[:100])
+            slow.append(s)
+        time.sleep(0.3)
+        started = time.monotonic()
+        r = requests.post(f"{gw.http}/v1/traces", data=_request("x", 5), headers=PROTO, timeout=5)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+        assert time.monotonic() - started < 1.0
+        assert metric(gw.admin, "otelgate_receiver_requests_total", outcome="overloaded") == 1
+        for s in slow:  # they finish, and the next request is taken
+            s.sendall(body[100:])
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            s.close()
+        assert requests.post(f"{gw.http}/v1/traces", data=_request("y", 5), headers=PROTO, timeout=5).status_code == 200
+    finally:
+        assert gw.stop() == 0

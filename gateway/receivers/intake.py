@@ -53,7 +53,8 @@ class _LoopLag:
     before a request reaches a handler (connections, header parsing, other receivers, sinks)."""
 
     def __init__(self) -> None:
-        self.lag = 0.0
+        self.lag = 0.0  # the least of the last three samples: a sustained lag, not one scheduling hiccup
+        self._samples = [0.0, 0.0, 0.0]
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self) -> None:
@@ -64,7 +65,10 @@ class _LoopLag:
 
     def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         now = loop.time()
-        self.lag = now - due
+        samples = self._samples
+        samples.pop(0)
+        samples.append(now - due)
+        self.lag = min(samples)
         if not loop.is_closed():
             loop.call_later(_LAG_EVERY_S, self._tick, loop, now + _LAG_EVERY_S)
 
