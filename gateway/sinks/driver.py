@@ -3,7 +3,7 @@
 Guarantees (what the README promises for every sink):
 - A span is counted `sent` only after its sink's `send` returned; `dropped` (with a reason) when
   it will never be sent: `queue_full`, `disk_full`, `disk_error`, `permanent`, `retry_exhausted`,
-  `error`, `shutdown`, `loop`, or `rejected` (the server accepted the export but refused those
+  `error`, `shutdown`, or `rejected` (the server accepted the export but refused those
   spans: OTLP partial success). Every span admitted to the queue ends in exactly one of the two,
   except that a disk queue keeps what it could not deliver at shutdown for the next start.
 - A disk queue admits a batch only once it is in the log: an append that fails (budget, the
