@@ -272,3 +272,45 @@ def test_http_admission_control_refuses_past_the_in_flight_bound_at_once(tmp_pat
         assert requests.post(f"{gw.http}/v1/traces", data=_request("y", 5), headers=PROTO, timeout=5).status_code == 200
     finally:
         assert gw.stop() == 0
+
+
+def test_http_receiver_on_0000_serves_ipv6_too(tmp_path: Path) -> None:
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as exc:
+        import pytest
+
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    config = gateway_config(tmp_path)
+    config["receivers"]["http"]["endpoint"] = "0.0.0.0:0"
+    config["receivers"]["grpc"]["endpoint"] = "127.0.0.1:0"
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        port = int(gw.endpoints["OTLP/HTTP"].rsplit(":", 1)[1])
+        for host in ("127.0.0.1", "[::1]"):
+            r = requests.post(f"http://{host}:{port}/v1/traces", data=_request(host, 2), headers=PROTO, timeout=5)
+            assert r.status_code == 200, host
+    finally:
+        assert gw.stop() == 0
+
+
+def test_admission_bounds_requests_and_bytes_and_always_takes_one() -> None:
+    from gateway.receivers.intake import Admission
+
+    async def scenario() -> None:
+        a = Admission(2, 100)
+        assert a.enter(500)  # one request always fits, however large
+        assert not a.enter(1)  # bytes
+        a.leave(500)
+        assert a.enter(50) and not a.enter(60) and a.enter(10)
+        assert not a.enter(1)  # requests
+        a.leave(50)
+        a.leave(10)
+        assert (a.requests, a.bytes) == (0, 0)
+        assert Admission(0, 0).max_requests == 32  # 0: the default
+
+    import asyncio
+
+    asyncio.run(scenario())
