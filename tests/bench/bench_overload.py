@@ -190,7 +190,7 @@ def _cpu_s(pid: int) -> float:
 def run_protocol(protocol: str, factor: float, calibrate: float, duration: float, extra: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        config = gateway_config(workdir, path="/dev/null", logs_path="/dev/null", metrics_path="/dev/null", format="proto")
+        config = gateway_config(workdir, path="/dev/null", logs_path="/dev/null", metrics_path="/dev/null", format="json")
         for receiver in ("grpc", "http"):
             config["receivers"][receiver].update(extra)
         gw = GatewayProcess(config, workdir).wait_ready()
