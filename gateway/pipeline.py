@@ -24,9 +24,9 @@ client was answered long before.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from gateway.batch import Batch
 from gateway.config import Config
@@ -148,7 +148,9 @@ class Pipeline:
             # Answer only once the batch is in every disk queue's write-ahead log. A failed append
             # is that sink's refusal: the request is refused if no target of a part took it (or the
             # sink says `when_full: refuse`); otherwise that sink counts its copy as dropped.
-            await asyncio.gather(*(f for _, _, f in appends), return_exceptions=True)
+            # Shielded: a client that goes away must not cancel an append its disk thread is doing
+            # (the record would be in the log while its queue entry counted it as failed).
+            await asyncio.gather(*(asyncio.shield(f) for _, _, f in appends), return_exceptions=True)
             failed = [(i, d, reason) for i, d, f in appends if (reason := d.append_failure(f)) is not None]
             if failed:
                 for i, (part, targets) in enumerate(deliveries):
