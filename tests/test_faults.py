@@ -120,7 +120,7 @@ def test_http_header_and_idle_timeouts_and_connection_cap(tmp_path: Path) -> Non
     try:
         # Connected, sends nothing: closed with 408 after read_header_timeout.
         data, took = _read_until_closed(_raw(gw))
-        assert data.startswith(b"HTTP/1.1 408") and 0.8 < took < 3, (data, took)
+        assert data.startswith(b"HTTP/1.1 408") and 0.8 < took < 5, (data, took)
         # Slowloris: a header dripped a byte at a time is cut off, not held for an hour.
         s = _raw(gw)
         started = time.monotonic()
@@ -133,21 +133,21 @@ def test_http_header_and_idle_timeouts_and_connection_cap(tmp_path: Path) -> Non
                 break
             s.settimeout(0.1)
             try:
-                if s.recv(65536) == b"" or True:
-                    closed = True
-                    break
+                s.recv(65536)  # the 408, or end of stream: the server cut the drip off
+                closed = True
+                break
             except socket.timeout:
                 pass
-            if time.monotonic() - started > 5:
+            if time.monotonic() - started > 8:
                 break
-        assert closed and time.monotonic() - started < 3
+        assert closed and time.monotonic() - started < 5
         # Keep-alive: a served connection left idle is closed after idle_timeout.
         s = _raw(gw)
         body = _request("k", 2)
         s.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         data, took = _read_until_closed(s)
-        assert data.startswith(b"HTTP/1.1 200") and 0.8 < took < 3, (data[:100], took)
+        assert data.startswith(b"HTTP/1.1 200") and 0.8 < took < 5, (data[:100], took)
         # The cap: past max_connections a new connection gets 503 + Retry-After at once; the open ones still work.
         held = [_raw(gw) for _ in range(8)]
         time.sleep(0.2)
