@@ -89,7 +89,7 @@ def test_grpc_sink_uses_a_restarted_backend_again_within_seconds(tmp_path: Path)
         up = time.monotonic()
         wait_for(lambda: len(spans_in(read_json_lines(tmp_path / "b2" / "out.jsonl"))) == 5, timeout=60, interval=0.05)
         took = time.monotonic() - up
-        assert took < 2.0, f"the restarted backend was used again only after {took:.1f} s"
+        assert took < 4.0, f"the restarted backend was used again only after {took:.1f} s"
     finally:
         gw.stop()
         backend.stop()
