@@ -58,7 +58,7 @@ from gateway.logs import get_logger
 from gateway.otlp import compression
 from gateway.otlp.signals import SIGNALS, TRACES
 from gateway.receivers.auth import Unauthenticated
-from gateway.receivers.intake import Intake
+from gateway.receivers.intake import Admission, Intake
 from gateway.receivers.limits import LimitExceeded
 
 INGESTION_PATH = "/api/public/ingestion"
@@ -513,8 +513,9 @@ class _Held:
 class LangfuseIngestion:
     """The two routes, and the observations held open between requests."""
 
-    def __init__(self, intake: Intake, max_body_bytes: int, hold_s: float = 5.0) -> None:
+    def __init__(self, intake: Intake, max_body_bytes: int, hold_s: float = 5.0, admission: Admission | None = None) -> None:
         self._intake = intake
+        self._admission = admission  # the HTTP receiver's bound on requests and bytes in progress
         self._max_body_bytes = max_body_bytes
         self._hold_s = hold_s
         self._held: dict[tuple[str | None, str], _Held] = {}  # (public key, observation id), oldest first
@@ -555,6 +556,19 @@ class LangfuseIngestion:
         context = self._identify(request)
         if isinstance(context, web.Response):
             return context
+        admission, size = self._admission, request.content_length or 0
+        if admission is not None and not admission.enter(size):
+            self._intake.overloaded(PROTOCOL)
+            return _json(503, {"message": "otelgate is at its limit of requests in progress "
+                                          "(receivers.http.max_in_flight_requests / max_in_flight_bytes); retry later"},
+                         {"Retry-After": "1"})
+        try:
+            return await self._read_and_accept(request, context)
+        finally:
+            if admission is not None:
+                admission.leave(size)
+
+    async def _read_and_accept(self, request: web.Request, context: RequestContext) -> web.Response:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
         limit = self._max_body_bytes
         try:
