@@ -345,8 +345,23 @@ class LoadBalancer:
         return backend is not None and not backend.down
 
     def _drop(self, items: int, reason: str) -> None:
+        self.drop(items, reason)
+
+    def drop(self, items: int, reason: str, detail: str | None = None) -> None:
+        if items <= 0:
+            return
         self._metrics.signals[self.signal.name].sink_dropped.labels(self.name, reason).inc(items)
-        self._log.warning(f"{self.signal.items.replace('_', ' ')} dropped", sink=self.key, count=items, reason=reason)
+        self._log.warning(f"{self.signal.items.replace('_', ' ')} dropped", sink=self.key, count=items, reason=reason,
+                          **({"error": detail} if detail else {}))
+
+    def append_failure(self, future: "asyncio.Future[Any]") -> str | None:
+        """As a driver's: the drop reason when an append to a backend's disk log failed."""
+        return SinkDriver.append_failure(self, future)  # type: ignore[arg-type]  # reads only the future
+
+    @property
+    def full_reason(self) -> str | None:
+        full = [b.endpoint for b in self._live() if not b.down and b.driver.full_reason]
+        return f"backend {', '.join(full)} full" if full else None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
