@@ -666,10 +666,10 @@ def test_safety_net_leaves_span_unchanged(monkeypatch: pytest.MonkeyPatch) -> No
                   span("fine", {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}, sid=2, trace=2))
     real = normalize._classify
 
-    def flaky(d: dict[str, Any], s: Span) -> Any:
+    def flaky(d: dict[str, Any], s: Span, mask: int) -> Any:
         if s.name == "boom":
             raise RuntimeError("bug")
-        return real(d, s)
+        return real(d, s, mask)
 
     monkeypatch.setattr(normalize, "_classify", flaky)
     batch = Batch(req, 0, RequestContext("test"))

@@ -13,6 +13,11 @@ Per call (`batch.llm_calls`), in this order:
   table falls back to the request model;
 * no price known: `otelgate.cost.source=unknown` and no cost attribute (never a guess), and one
   warning per (provider, model) for the life of the processor, saying how to add a price.
+
+Beside `gen_ai.usage.cost` (the key Langfuse and OpenLIT read) every priced call also gets the
+proposed semconv cost triple `gen_ai.usage.cost.amount` (the same USD figure),
+`gen_ai.usage.cost.currency` (`USD`) and `gen_ai.usage.cost.source` (`computed`, `override` or
+`reported`, as `otelgate.cost.source`). An unknown price writes none of the three.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.batch import Batch
 from gateway.configtypes import StrictModel
-from gateway.llm.call import COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, PRICE_MODEL, LlmCall
+from gateway.llm.call import (
+    COST, COST_AMOUNT, COST_CURRENCY, COST_INPUT, COST_OUTPUT, COST_SOURCE, COST_SOURCE_SEMCONV, PRICE_MODEL, LlmCall,
+)
 from gateway.llm.pricing import Override, PriceTable, Quote, RefreshConfig
 from gateway.logs import get_logger
 from gateway.otlp.anyvalue import number
@@ -41,7 +48,7 @@ _OI_PROMPT = "llm.cost.prompt"
 _OI_COMPLETION = "llm.cost.completion"
 _LANGFUSE_COST_DETAILS = "langfuse.observation.cost_details"
 _WATCHED = frozenset((COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, PRICE_MODEL, _OI_PROMPT, _OI_COMPLETION,
-                      _LANGFUSE_COST_DETAILS))
+                      _LANGFUSE_COST_DETAILS, COST_AMOUNT, COST_CURRENCY, COST_SOURCE_SEMCONV))
 
 
 class Config(StrictModel):
@@ -104,6 +111,7 @@ class PriceProcessor:
                 _put(span, seen, COST_INPUT, split[0])
                 _put(span, seen, COST_OUTPUT, split[1])
             _put(span, seen, COST_SOURCE, "reported")
+            _put_semconv(span, seen, cost, "reported")
             return True
 
         quote = self._quote(call)
@@ -123,6 +131,7 @@ class PriceProcessor:
         _put(span, seen, COST_OUTPUT, quote.output_usd)
         _put(span, seen, COST_SOURCE, quote.source)
         _put(span, seen, PRICE_MODEL, quote.matched)
+        _put_semconv(span, seen, quote.total_usd, quote.source)
         return True
 
     def _quote(self, call: LlmCall) -> Quote | None:
@@ -204,6 +213,12 @@ def _reported_split(seen: dict[str, KeyValue]) -> tuple[float, float] | None:
                     and not isinstance(out, bool):
                 return float(inp), float(out)
     return None
+
+
+def _put_semconv(span: Span, seen: dict[str, KeyValue], cost: float, source: str) -> None:
+    _put(span, seen, COST_AMOUNT, cost)
+    _put(span, seen, COST_CURRENCY, "USD")
+    _put(span, seen, COST_SOURCE_SEMCONV, source)
 
 
 def _put(span: Span, seen: dict[str, KeyValue], key: str, value: float | str) -> None:
