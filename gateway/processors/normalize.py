@@ -1066,6 +1066,7 @@ class Normalizer:
                     f.role = _DUPLICATE
                     f.duplicate_of = keep.span_id
         _sibling_duplicates(callish, traces)
+        _stream_halves(callish, traces)
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -1256,6 +1257,32 @@ def _sibling_duplicates(callish: list[_Found], traces: set[bytes]) -> None:
                 keep, drop = (a, b) if _completeness(a) >= _completeness(b) else (b, a)
                 drop.role = _DUPLICATE
                 drop.duplicate_of = keep.span_id
+
+
+def _stream_halves(callish: list[_Found], traces: set[bytes]) -> None:
+    """Logfire records a streamed call as two spans of one scope under one parent: the request span
+    (no usage) and, once the stream is consumed, a zero-duration span (`streaming response from
+    ...`) with the usage. The request half is then not a call of its own (a wrapper): the usage
+    half stands for the call. Paired in time order, each usage half with the latest request half
+    of the same model that started before it."""
+    groups: dict[tuple[bytes, bytes, str], list[_Found]] = {}
+    for f in callish:
+        if f.role == _CALL and f.trace_id in traces and f.call is not None:
+            groups.setdefault((f.trace_id, f.parent_id, f.scope), []).append(f)
+    for group in groups.values():
+        if len(group) < 2 or len(group) > _MAX_SIBLINGS:
+            continue
+        halves = [f for f in group if f.has_usage and f.call.start_time_unix_nano == f.call.end_time_unix_nano]
+        requests = [f for f in group if not f.has_usage and not f.call.error and not f.call_below]
+        if not halves or not requests:
+            continue
+        requests.sort(key=lambda f: f.call.start_time_unix_nano)
+        for half in sorted(halves, key=lambda f: f.call.start_time_unix_nano):
+            t = half.call.start_time_unix_nano
+            for req in reversed(requests):
+                if req.role == _CALL and req.call.start_time_unix_nano <= t and _same_model(req.call, half.call):
+                    req.role = _WRAPPER
+                    break
 
 
 def _same_model(a: LlmCall, b: LlmCall) -> bool:
