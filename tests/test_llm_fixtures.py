@@ -256,7 +256,17 @@ def test_llm_metrics(replayed) -> None:
 CAPTURED = ["logfire", "langchain_openllmetry", "langchain_openinference"]
 CAPTURED = [n for n in CAPTURED if (FIXTURES / f"{n}.expected.json").exists()]
 # Token kinds the library leaves out, by (fixture, api): those must be absent (or 0).
-CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {}
+CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {
+    # OpenLLMetry's LangChain spans: no reasoning count (o3-mini's 80 are inside output_tokens).
+    ("langchain_openllmetry", "openai.chat.completions"): {"reasoning"},
+}
+# Where the library reports the requested model as the response model, by (fixture, api, stream):
+# LangChain's streamed chat (its chunks carry no model name), OpenInference on the Responses API.
+RESPONSE_MODEL_IS_REQUESTED = {
+    ("langchain_openllmetry", "openai.chat.completions", True),
+    ("langchain_openinference", "openai.chat.completions", True),
+    ("langchain_openinference", "openai.responses", False),
+}
 
 
 def _captured_truth(name: str) -> dict[str, Any]:
@@ -290,7 +300,8 @@ def test_captured_call_by_call(captured, name: str) -> None:
     call_spans = set()
     for call in truth["calls"]:
         where = f"{name} call {call['seq']} ({call['api']}, {call['model_requested']}, {call['http_status']})"
-        assert call["llm_spans"], f"{where}: the library emitted no span"
+        if not call["llm_spans"]:
+            continue  # the library emitted no span for it (README): no usage to see, none invented
         marked = [spans[s["span_id"]] for s in call["llm_spans"] if _attrs(spans[s["span_id"]]).get("otelgate.llm.call")]
         assert len(marked) == 1, f"{where}: {len(marked)} spans stand for the call"
         span = marked[0]
@@ -302,7 +313,10 @@ def test_captured_call_by_call(captured, name: str) -> None:
             assert span.get("status", {}).get("code") == 2, where
             assert "gen_ai.usage.cost" not in a and "gen_ai.usage.input_tokens" not in a, where
             continue
-        assert a.get("gen_ai.response.model") == call["model_returned"], where
+        returned = call["model_returned"]
+        if (name, call["api"], call["stream"]) in RESPONSE_MODEL_IS_REQUESTED:
+            returned = call["model_requested"]
+        assert a.get("gen_ai.response.model") == returned, where
         t = call["tokens"]
         omitted = CAPTURED_OMITS.get((name, call["api"]), set())
         want = {"input": t["input_tokens_incl_cache"], "output": t["output_tokens"], "cache_read": t["cached_tokens"],
@@ -327,9 +341,6 @@ def test_captured_call_by_call(captured, name: str) -> None:
 def test_captured_metrics_count_each_call_once(captured, name: str) -> None:
     _, text = captured
     truth = _captured_truth(name)
-    services = set()
-    for span_ref in (s for c in truth["calls"] for s in c["llm_spans"][:1]):
-        services.add(span_ref["trace_id"])
     requests_total = errors = 0.0
     service = truth.get("service", f"capture-{name}")
     for line in text.splitlines():
@@ -338,5 +349,6 @@ def test_captured_metrics_count_each_call_once(captured, name: str) -> None:
             requests_total += value
             if 'status="error"' in line:
                 errors += value
-    assert requests_total == len(truth["calls"])
-    assert errors == sum(1 for c in truth["calls"] if c["http_status"] != 200)
+    seen = [c for c in truth["calls"] if c["llm_spans"]]
+    assert requests_total == len(seen)
+    assert errors == sum(1 for c in seen if c["http_status"] != 200)
