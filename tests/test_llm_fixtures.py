@@ -253,7 +253,7 @@ def test_llm_metrics(replayed) -> None:
 # of them must stand for the call (otelgate.llm.call=true), with every token kind in semconv
 # meaning equal to the provider's truth (what the library does not report listed below), priced
 # at the published price; a failed call is counted once and never priced.
-CAPTURED = ["logfire", "langchain_openllmetry", "langchain_openinference", "dify_runtime"]
+CAPTURED = ["logfire", "langchain_openllmetry", "langchain_openinference", "dify_runtime", "litellm_otel"]
 CAPTURED = [n for n in CAPTURED if (FIXTURES / f"{n}.expected.json").exists()]
 # Token kinds the library leaves out, by (fixture, api): those must be absent (or 0).
 CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {
@@ -262,6 +262,9 @@ CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {
     # Dify's runtime spans (replica): only llm.input_tokens / llm.output_tokens.
     ("dify_runtime", "openai.chat.completions"): {"cache_read", "reasoning"},
 }
+# Libraries that report their own cost (checked against the published price all the same), except a
+# reported 0 (LiteLLM without a price for the model), which otelgate prices itself.
+REPORTS_COST = {"litellm_otel"}
 # Libraries that record no response model (the requested one is priced).
 NO_RESPONSE_MODEL = {"dify_runtime"}
 # Where the library reports the requested model as the response model, by (fixture, api, stream):
@@ -270,6 +273,7 @@ RESPONSE_MODEL_IS_REQUESTED = {
     ("langchain_openllmetry", "openai.chat.completions", True),
     ("langchain_openinference", "openai.chat.completions", True),
     ("langchain_openinference", "openai.responses", False),
+    ("litellm_otel", "openai.chat.completions", True),
 }
 
 
@@ -333,10 +337,11 @@ def test_captured_call_by_call(captured, name: str) -> None:
         for kind, key in CANONICAL.items():
             assert (a.get(key) or 0) == (want[kind] or 0), f"{where}: {key} = {a.get(key)}, truth {want[kind]}"
         cost = published_cost(call["model_returned"], want)
-        assert a.get("otelgate.cost.source") == "computed", where
+        source = "reported" if name in REPORTS_COST and a.get("gen_ai.cost.total_cost") else "computed"
+        assert a.get("otelgate.cost.source") == source, where
         assert abs(a["gen_ai.usage.cost"] - cost) <= 1e-9, f"{where}: cost {a['gen_ai.usage.cost']} != {cost}"
         assert a["gen_ai.usage.cost.amount"] == a["gen_ai.usage.cost"] and a["gen_ai.usage.cost.currency"] == "USD"
-        assert a["gen_ai.usage.cost.source"] == "computed", where
+        assert a["gen_ai.usage.cost.source"] == source, where
     # No other span of these traces is a call or carries a cost.
     traces = {s["trace_id"] for c in truth["calls"] for s in c["llm_spans"]}
     for span in spans.values():

@@ -7,7 +7,8 @@ Per call (`batch.llm_calls`), in this order:
 * no token counts at all (e.g. a failed call): nothing to price, nothing written (unless the
   emitter reported a non-zero cost anyway, which is kept as below);
 * the emitter reported a cost (`call.reported_cost`): kept as is (source `reported`), written to
-  `gen_ai.usage.cost` if the span does not carry that key, never recomputed;
+  `gen_ai.usage.cost` if the span does not carry that key, never recomputed; except a reported
+  0 on a call with tokens, which is an emitter that did not know the price: priced as below;
 * otherwise the price table (overrides, then genai-prices) quotes it (source `computed` or
   `override`), by the call's start time and service tier; a response model unknown to the
   table falls back to the request model;
@@ -93,6 +94,10 @@ class PriceProcessor:
         if (call.input_tokens is None and call.output_tokens is None
                 and call.cache_read_tokens is None and call.cache_write_tokens is None and not reported):
             return False  # nothing to price (e.g. a failed call; a reported 0 says nothing more)
+        if reported == 0.0 and (call.input_tokens or call.output_tokens):
+            # A zero for a call that used tokens is an emitter that did not know the price (LiteLLM
+            # writes gen_ai.cost.total_cost = 0.0 then), not a bill: the price table decides.
+            reported = None
 
         span = call.span
         seen = call.attributes if call.attributes is not None else _watched_attributes(span)
