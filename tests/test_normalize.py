@@ -1137,7 +1137,7 @@ def benchmark(seconds: float = 3.0) -> None:
     from tests.bench.bench_gateway import build_pool, plain_spans
 
     def plain_pool(count: int, size: int) -> list[bytes]:
-        spans, out = plain_spans(size), []
+        spans, out = plain_spans(size, 3), []
         for _ in range(count):
             req = ExportTraceServiceRequest()
             rs = req.resource_spans.add()

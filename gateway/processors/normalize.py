@@ -1065,8 +1065,13 @@ class Normalizer:
                 if f is not keep:
                     f.role = _DUPLICATE
                     f.duplicate_of = keep.span_id
-        _sibling_duplicates(callish, traces)
-        _stream_halves(callish, traces)
+        if len({f.scope for f in callish}) >= 2:  # duplicates need two instrumentations
+            _sibling_duplicates(callish, traces)
+        for f in callish:  # Logfire's stream-end spans have no duration
+            c = f.call
+            if c is not None and f.has_usage and c.start_time_unix_nano == c.end_time_unix_nano:
+                _stream_halves(callish, traces)
+                break
 
     # -- output ---------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import math
 from typing import Any
 
 import orjson
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.batch import Batch
@@ -115,14 +115,14 @@ class PriceProcessor:
                 call.cost_input_usd, call.cost_output_usd = split
                 _put(span, seen, COST_INPUT, split[0])
                 _put(span, seen, COST_OUTPUT, split[1])
-            _put(span, seen, COST_SOURCE, "reported")
+            _put_source(span, seen, "reported")
             _put_semconv(span, seen, cost, "reported")
             return True
 
         quote = self._quote(call)
         if quote is None:
             call.cost_source = "unknown"
-            _put(span, seen, COST_SOURCE, "unknown")
+            _put_source(span, seen, "unknown")
             self._warn_unknown(call)
             return True
 
@@ -134,7 +134,7 @@ class PriceProcessor:
         _put(span, seen, COST, quote.total_usd)
         _put(span, seen, COST_INPUT, quote.input_usd)
         _put(span, seen, COST_OUTPUT, quote.output_usd)
-        _put(span, seen, COST_SOURCE, quote.source)
+        _put_source(span, seen, quote.source)
         _put(span, seen, PRICE_MODEL, quote.matched)
         _put_semconv(span, seen, quote.total_usd, quote.source)
         return True
@@ -220,10 +220,35 @@ def _reported_split(seen: dict[str, KeyValue]) -> tuple[float, float] | None:
     return None
 
 
+_USD = KeyValue(key=COST_CURRENCY, value=AnyValue(string_value="USD"))
+_SOURCES = {s: KeyValue(key=COST_SOURCE_SEMCONV, value=AnyValue(string_value=s))
+            for s in ("computed", "override", "reported")}
+_OTELGATE_SOURCES = {s: KeyValue(key=COST_SOURCE, value=AnyValue(string_value=s))
+                     for s in ("computed", "override", "reported", "unknown")}
+
+
+def _put_source(span: Span, seen: dict[str, KeyValue], source: str) -> None:
+    """`otelgate.cost.source`: copied in from a prebuilt value (the pricer's most common write)."""
+    kv = _OTELGATE_SOURCES.get(source)
+    if COST_SOURCE in seen or kv is None:
+        _put(span, seen, COST_SOURCE, source)
+    else:
+        span.attributes.append(kv)
+
+
 def _put_semconv(span: Span, seen: dict[str, KeyValue], cost: float, source: str) -> None:
+    """The semconv cost triple; the two constant strings are copied in from prebuilt values."""
     _put(span, seen, COST_AMOUNT, cost)
-    _put(span, seen, COST_CURRENCY, "USD")
-    _put(span, seen, COST_SOURCE_SEMCONV, source)
+    attrs = span.attributes
+    if COST_CURRENCY in seen:
+        seen[COST_CURRENCY].value.string_value = "USD"
+    else:
+        attrs.append(_USD)
+    kv = _SOURCES.get(source)
+    if COST_SOURCE_SEMCONV in seen or kv is None:
+        _put(span, seen, COST_SOURCE_SEMCONV, source)
+    else:
+        attrs.append(kv)
 
 
 def _put(span: Span, seen: dict[str, KeyValue], key: str, value: float | str) -> None:
