@@ -30,6 +30,7 @@ PUBLISHED = {
     "text-embedding-3-small": (0.02, 0.02, 0.02, 0.0),
     "claude-sonnet-4": (3.00, 0.30, 3.75, 15.00),
     "claude-3-5-haiku": (0.80, 0.08, 1.00, 4.00),
+    "gemini-2.0-flash": (0.10, 0.025, 0.10, 0.40),  # Google AI Studio (Gemini API) pricing page
 }
 
 # Which canonical counts each library reports on a successful call (fixtures README,
@@ -254,7 +255,7 @@ def test_llm_metrics(replayed) -> None:
 # meaning equal to the provider's truth (what the library does not report listed below), priced
 # at the published price; a failed call is counted once and never priced.
 CAPTURED = ["logfire", "langchain_openllmetry", "langchain_openinference", "dify_runtime", "litellm_otel",
-            "openai_agents_openinference"]
+            "openai_agents_openinference", "google_genai"]
 CAPTURED = [n for n in CAPTURED if (FIXTURES / f"{n}.expected.json").exists()]
 # Token kinds the library leaves out, by (fixture, api): those must be absent (or 0).
 CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {

@@ -100,6 +100,10 @@ class FakeProvider:
             self._responses(h, body, entry)
         elif path.endswith("/messages"):
             self._messages(h, body, entry)
+        elif ":generateContent" in path or ":streamGenerateContent" in path:
+            entry["model_requested"] = path.rsplit("/", 1)[-1].split(":")[0]
+            entry["stream"] = ":streamGenerateContent" in path
+            self._gemini(h, body, entry)
         else:
             _send(h, 404, {"error": {"message": "no such path", "type": "invalid_request_error"}})
 
@@ -232,6 +236,48 @@ class FakeProvider:
                   ("response.completed", {"type": "response.completed", "sequence_number": 4, "response": resp})]
         _sse(h, events, done=False)
 
+    def _gemini(self, h: BaseHTTPRequestHandler, body: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Gemini API generateContent: promptTokenCount includes cachedContentTokenCount; thoughts
+        (2.5 models) are outside candidatesTokenCount and inside totalTokenCount."""
+        entry["api"], entry["provider"] = "gemini.generate_content", "gcp.gemini"
+        messages, system = _gemini_text(body)
+        if any(f"FAIL{code}" in (messages[-1]["content"] if messages else "") for code in (429, 500)):
+            status = 429 if "FAIL429" in messages[-1]["content"] else 500
+            entry.update(http_status=status, model_returned=None, raw_usage=None, tokens={})
+            self._record(entry)
+            _send(h, status, {"error": {"code": status, "message": f"fake {status}",
+                                        "status": "RESOURCE_EXHAUSTED" if status == 429 else "INTERNAL"}})
+            return
+        model = entry["model_requested"]
+        returned = model + "-001" if model == "gemini-2.0-flash" else model
+        p = prompt_tokens(messages, system)
+        reply = reply_for(returned, p)
+        visible = math.ceil(len(reply) / 4)
+        thoughts = 64 + 8 * (p % 8) if model.startswith("gemini-2.5") else 0
+        cached = p // 4
+        usage: dict[str, Any] = {"promptTokenCount": p, "candidatesTokenCount": visible,
+                                 "totalTokenCount": p + visible + thoughts, "cachedContentTokenCount": cached}
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
+        rid = uuid.uuid4().hex[:20]
+        entry.update(http_status=200, model_returned=returned, response_id=rid, finish_reason="STOP",
+                     usage_reported_to_client=True, raw_usage=usage,
+                     tokens=_tokens(p, visible + thoughts, cached, 0, thoughts))
+        self._record(entry)
+        cand = {"content": {"role": "model", "parts": [{"text": reply}]}, "finishReason": "STOP", "index": 0}
+        resp = {"candidates": [cand], "usageMetadata": usage, "modelVersion": returned, "responseId": rid}
+        if not entry["stream"]:
+            _send(h, 200, resp)
+            return
+        words = reply.split(" ")
+        half = " ".join(words[: len(words) // 2]) + " "
+        first = {"candidates": [{"content": {"role": "model", "parts": [{"text": half}]}, "index": 0}],
+                 "usageMetadata": {"promptTokenCount": p, "totalTokenCount": p}, "modelVersion": returned,
+                 "responseId": rid}
+        last = {"candidates": [{**cand, "content": {"role": "model", "parts": [{"text": reply[len(half):]}]}}],
+                "usageMetadata": usage, "modelVersion": returned, "responseId": rid}
+        _sse(h, [(None, first), (None, last)], done=False)
+
     def _messages(self, h: BaseHTTPRequestHandler, body: dict[str, Any], entry: dict[str, Any]) -> None:
         entry["api"], entry["provider"] = "anthropic.messages", "anthropic"
         messages = body.get("messages", [])
@@ -268,6 +314,13 @@ class FakeProvider:
                                      "usage": {"output_tokens": visible}}),
                   ("message_stop", {"type": "message_stop"})]
         _sse(h, events, done=False)
+
+
+def _gemini_text(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    messages = [{"content": "".join(part.get("text", "") for part in c.get("parts", []))} for c in body.get("contents", [])]
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    text = "".join(part.get("text", "") for part in system.get("parts", [])) if isinstance(system, dict) else None
+    return messages, text
 
 
 def _tokens(p: int, out: int, cached: int | None, write: int | None, reasoning: int | None,
