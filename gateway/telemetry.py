@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -87,6 +88,16 @@ class Metrics:
             "otelgate_receiver_truncated_spans", "Spans accepted after cutting them to a limit", ["protocol", "limit"], registry=r)
         self.receiver_requests = Counter(
             "otelgate_receiver_requests", "Export requests by outcome", ["protocol", "outcome"], registry=r)
+        self.receiver_connections_closed = Counter(
+            "otelgate_receiver_connections_closed", "Connections the gateway closed or refused: header_timeout, "
+            "idle_timeout, too_many_connections", ["protocol", "reason"], registry=r)
+        self.receiver_open_connections = Gauge(
+            "otelgate_receiver_open_connections", "Connections open on a receiver", ["protocol"], registry=r)
+        self.receiver_in_flight = Gauge(
+            "otelgate_receiver_in_flight_requests", "Export requests being processed (admission control's count)",
+            ["protocol"], registry=r)
+        # process_open_fds, process_max_fds, process_resident_memory_bytes, process_cpu_seconds_total
+        ProcessCollector(registry=r)
         self.receiver_request_duration = Histogram(
             "otelgate_receiver_request_duration_seconds", "Time from request received to response, per protocol",
             ["protocol"], buckets=_LATENCY_BUCKETS, registry=r)
