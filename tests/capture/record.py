@@ -35,7 +35,7 @@ from fake_provider import FakeProvider  # noqa: E402
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 _LLM_HINTS = ("gen_ai.request.model", "gen_ai.response.model", "gen_ai.system", "gen_ai.provider.name",
               "llm.model_name", "embedding.model_name", "gen_ai.usage.input_tokens", "llm.token_count.prompt",
-              "llm.model", "llm.provider")
+              "llm.model", "llm.provider", "ai.model.id")
 
 
 class Recorder:
@@ -50,7 +50,17 @@ class Recorder:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if self.headers.get("transfer-encoding", "").lower() == "chunked":  # Node's OTLP exporter
+                    body = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            break
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                else:
+                    body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 if self.headers.get("content-encoding") == "gzip":
                     import gzip
                     body = gzip.decompress(body)
