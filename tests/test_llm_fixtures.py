@@ -255,7 +255,7 @@ def test_llm_metrics(replayed) -> None:
 # meaning equal to the provider's truth (what the library does not report listed below), priced
 # at the published price; a failed call is counted once and never priced.
 CAPTURED = ["logfire", "langchain_openllmetry", "langchain_openinference", "dify_runtime", "litellm_otel",
-            "openai_agents_openinference", "google_genai", "vercel_ai_v6"]
+            "openai_agents_openinference", "google_genai", "vercel_ai_v6", "vercel_ai_v7"]
 CAPTURED = [n for n in CAPTURED if (FIXTURES / f"{n}.expected.json").exists()]
 # Token kinds the library leaves out, by (fixture, api): those must be absent (or 0).
 CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {
@@ -263,6 +263,8 @@ CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {
     ("langchain_openllmetry", "openai.chat.completions"): {"reasoning"},
     # Dify's runtime spans (replica): only llm.input_tokens / llm.output_tokens.
     ("dify_runtime", "openai.chat.completions"): {"cache_read", "reasoning"},
+    # AI SDK 7's @ai-sdk/otel spans: no reasoning count (o4-mini's are inside output_tokens).
+    ("vercel_ai_v7", "openai.responses"): {"reasoning"},
 }
 # Libraries that report their own cost (checked against the published price all the same), except a
 # reported 0 (LiteLLM without a price for the model), which otelgate prices itself.
@@ -272,7 +274,7 @@ REPORTS_COST = {"litellm_otel"}
 # snapshot; a failed call's span names no model at all.
 REQUEST_MODEL_IS_RETURNED = {"openai_agents_openinference"}
 # Libraries that record no response model (the requested one is priced).
-NO_RESPONSE_MODEL = {"dify_runtime", ("vercel_ai_v6", "openai.embeddings")}
+NO_RESPONSE_MODEL = {"dify_runtime", ("vercel_ai_v6", "openai.embeddings"), ("vercel_ai_v7", "openai.embeddings")}
 # Where the library reports the requested model as the response model, by (fixture, api, stream):
 # LangChain's streamed chat (its chunks carry no model name), OpenInference on the Responses API.
 RESPONSE_MODEL_IS_REQUESTED = {

@@ -1,6 +1,6 @@
 // Vercel AI SDK calls with experimental_telemetry, exported over OTLP/HTTP protobuf (run by capture_vercel.py).
 // Env: FAKE_BASE (the fake provider), TRACES_URL (the recorder), SERVICE.
-import { generateText, streamText, embed, tool, jsonSchema } from 'ai';
+import * as ai from 'ai';
 import { createOpenAI } from '@ai-sdk/openai';
 import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
@@ -16,6 +16,12 @@ const provider = new BasicTracerProvider({
 trace.setGlobalTracerProvider(provider);
 const tracer = provider.getTracer('ai');
 const telemetry = { isEnabled: true, tracer };
+const { generateText, streamText, embed, tool, jsonSchema } = ai;
+if (process.env.AI_MAJOR === '7') {
+  // AI SDK 7: spans come from a registered telemetry integration (@ai-sdk/otel), GenAI semconv shaped.
+  const { OpenTelemetry } = await import('@ai-sdk/otel');
+  ai.registerTelemetry(new OpenTelemetry({ tracer }));
+}
 const openai = createOpenAI({ baseURL: process.env.FAKE_BASE + '/v1', apiKey: 'sk-fake' });
 const hello = 'Say hello to the capture run, in one short sentence.';
 

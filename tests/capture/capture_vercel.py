@@ -5,7 +5,8 @@ Not run in CI. Node 20 and npm; each major in its own directory (gitignored), fr
     mkdir -p .capture-node/v6 && cd .capture-node/v6 && npm init -y && npm install ai@6.0.326 \\
         @ai-sdk/openai@3 @opentelemetry/api @opentelemetry/sdk-trace-base \\
         @opentelemetry/exporter-trace-otlp-proto @opentelemetry/resources @opentelemetry/context-async-hooks
-    (the same in .capture-node/v7 with ai@7.0.173 and @ai-sdk/openai@4)
+    (the same in .capture-node/v7 with ai@7.0.173, @ai-sdk/openai@4 and @ai-sdk/otel@1.0.173: AI SDK 7
+    emits spans only through a registered telemetry integration, `registerTelemetry(new OpenTelemetry())`)
     cd tests/capture && ../../.capture-venv/bin/python capture_vercel.py 6    # or 7
 
 The script (capture_vercel.mjs) runs with `node --input-type=module` from the package directory,
@@ -31,7 +32,7 @@ def main(major: str) -> None:
     name = f"vercel_ai_v{major}"
 
     def run(base: str, traces_url: str) -> None:
-        env = {**os.environ, "FAKE_BASE": base, "TRACES_URL": traces_url, "SERVICE": f"capture-{name}"}
+        env = {**os.environ, "FAKE_BASE": base, "TRACES_URL": traces_url, "SERVICE": f"capture-{name}", "AI_MAJOR": major}
         subprocess.run(["node", "--input-type=module", "-e", (HERE / "capture_vercel.mjs").read_text()],
                        cwd=pkg_dir, env=env, check=True, timeout=120)
 
