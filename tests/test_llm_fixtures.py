@@ -255,7 +255,7 @@ def test_llm_metrics(replayed) -> None:
 # meaning equal to the provider's truth (what the library does not report listed below), priced
 # at the published price; a failed call is counted once and never priced.
 CAPTURED = ["logfire", "langchain_openllmetry", "langchain_openinference", "dify_runtime", "litellm_otel",
-            "openai_agents_openinference", "google_genai", "vercel_ai_v6", "vercel_ai_v7"]
+            "openai_agents_openinference", "google_genai", "vercel_ai_v6", "vercel_ai_v7", "openai_agents_logfire"]
 CAPTURED = [n for n in CAPTURED if (FIXTURES / f"{n}.expected.json").exists()]
 # Token kinds the library leaves out, by (fixture, api): those must be absent (or 0).
 CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {

@@ -1,8 +1,10 @@
-"""Capture the OpenAI Agents SDK under OpenInference (fixture openai_agents_openinference).
+"""Capture the OpenAI Agents SDK under OpenInference and under Logfire (fixtures
+openai_agents_openinference, openai_agents_logfire).
 
-Not run in CI. In the capture venv, from tests/capture/:
+Not run in CI. In the capture venv, from tests/capture/ (one per process):
 
-    ../../.capture-venv/bin/python capture_openai_agents.py
+    ../../.capture-venv/bin/python capture_openai_agents.py openinference
+    ../../.capture-venv/bin/python capture_openai_agents.py logfire
 
 Quirks: the Agents SDK's own trace exporter posts to api.openai.com; it is removed with
 `set_trace_processors([])` before the OpenInference instrumentor adds its processor. The model
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata as md
+import sys
 
 from agents import Agent, Runner, set_default_openai_client, set_trace_processors
 from openai import AsyncOpenAI
@@ -25,11 +28,22 @@ from record import capture
 
 
 def run(base: str, traces_url: str) -> None:
-    from openinference.instrumentation.openai_agents import OpenAIAgentsInstrumentor
-    tp = TracerProvider(resource=Resource.create({"service.name": "capture-openai_agents_openinference"}))
-    tp.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url), schedule_delay_millis=60_000))
     set_trace_processors([])
-    OpenAIAgentsInstrumentor().instrument(tracer_provider=tp)
+    if MODE == "logfire":
+        import tempfile
+
+        import logfire
+        logfire.configure(send_to_logfire=False, console=False, service_name="capture-openai_agents_logfire",
+                          data_dir=tempfile.mkdtemp(), additional_span_processors=[
+                              BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url), schedule_delay_millis=60_000)])
+        logfire.instrument_openai_agents()
+        flush = logfire.force_flush
+    else:
+        from openinference.instrumentation.openai_agents import OpenAIAgentsInstrumentor
+        tp = TracerProvider(resource=Resource.create({"service.name": "capture-openai_agents_openinference"}))
+        tp.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url), schedule_delay_millis=60_000))
+        OpenAIAgentsInstrumentor().instrument(tracer_provider=tp)
+        flush = tp.force_flush
     set_default_openai_client(AsyncOpenAI(base_url=base + "/v1", api_key="sk-fake", max_retries=0))
 
     async def main() -> None:
@@ -42,10 +56,13 @@ def run(base: str, traces_url: str) -> None:
             pass
 
     asyncio.run(main())
-    tp.force_flush()
+    flush()
 
+
+MODE = sys.argv[1] if len(sys.argv) > 1 else "openinference"
 
 if __name__ == "__main__":
-    capture("openai_agents_openinference", run, "tests/capture/capture_openai_agents.py",
-            {p: md.version(p) for p in ("openai-agents", "openinference-instrumentation-openai-agents", "openai",
-                                        "opentelemetry-sdk")}, "capture-openai_agents_openinference")
+    lib = "logfire" if MODE == "logfire" else "openinference-instrumentation-openai-agents"
+    capture(f"openai_agents_{MODE}", run, "tests/capture/capture_openai_agents.py",
+            {p: md.version(p) for p in ("openai-agents", lib, "openai", "opentelemetry-sdk")},
+            f"capture-openai_agents_{MODE}")
