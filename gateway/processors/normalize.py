@@ -11,8 +11,13 @@ else. For the others it decides what the span is:
 * an **aggregate** (agent spans, Vercel `ai.generateText` parents, Langfuse trace-level
   observations, a framework span wrapping an instrumented SDK call with the same usage): no
   `LlmCall`, no canonical usage; marked `otelgate.llm.aggregate=true` when it carries usage;
-* a **duplicate** (two instrumentations on one client: same trace, same `gen_ai.response.id`):
+* a **duplicate** (two instrumentations on one client: same trace and `gen_ai.response.id`, or
+  sibling spans of two scopes overlapping in time with the same model and usage):
   marked `otelgate.duplicate_of=<span id of the one kept>`, no `LlmCall`.
+
+Provider-native usage objects (Logfire's `gen_ai.usage.raw`, LiteLLM's `metadata.usage_object`)
+win over the flat counts beside them; hand-written `llm.*` spans (Dify's `llm.invoke.{model}`)
+are calls only with a model and a token count (see `_weak_call`).
 
 Only missing or different canonical attributes are written, so a second run (or a span that
 already went through another otelgate) changes nothing. The dialects and their aliases are
