@@ -338,8 +338,6 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not a text file (byte 0x{data[exc.start]:02x} at offset {exc.start} is not "
                            "UTF-8): is this the config file?"]) from None
-    if not text.strip():
-        raise ConfigError([f"{path}: the file is empty; a config needs at least `sinks:` (see config.example.yaml)"])
     try:
         config = parse(text, str(path))
     except ConfigError:
@@ -402,10 +400,13 @@ def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = 
         raw = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply to be a config"]) from None
     finally:
         loader.dispose()  # type: ignore[no-untyped-call]
     if raw is None:
-        raw = {}
+        raise ConfigError([f"{source}: no settings (the file is empty or only comments); "
+                           "a config needs at least `sinks:` (see config.example.yaml)"])
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys (receivers, sinks, routes...)"])
     errors: list[str] = []
@@ -461,7 +462,8 @@ def _expand(node: Any, path: str, environ: Any, errors: list[str]) -> Any:
                 return ""
             ref = _ENV_REF.match(inner)
             if ref is None:
-                what = "no variable name" if inner in ("", "env:") else f"{inner!r} is not a variable name"
+                name = inner[4:] if inner.startswith("env:") else inner
+                what = "no variable name" if not name else f"{name!r} is not a variable name"
                 errors.append(f"{path}: {what} in {m.group(0)!r}: write ${{env:NAME}} or ${{env:NAME:-default}}")
                 return ""
             name, default = ref.group(1), ref.group(2)
