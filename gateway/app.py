@@ -265,19 +265,16 @@ def _listener_settings(config: Config) -> dict[str, object]:
     out: dict[str, object] = {"admin.endpoint": config.admin.endpoint}
     for proto in ("grpc", "http"):
         rc = getattr(config.receivers, proto)
-        if rc is None:
-            out[f"receivers.{proto}"] = "off"
-            continue
-        for key, value in rc.model_dump(mode="json").items():
+        out[f"receivers.{proto}"] = "off" if rc is None else "on"
+        for key, value in (rc.model_dump(mode="json") if rc is not None else {}).items():
             out[f"receivers.{proto}.{key}"] = value
     return out
 
 
 def _listener_diff(running: dict[str, object], wanted: dict[str, object]) -> list[str]:
-    return [f"{key}: running {running.get(key, 'off')!r}, the file says {wanted.get(key, 'off')!r}"
-            for key in sorted(set(running) | set(wanted)) if running.get(key) != wanted.get(key)
-            and not (key.startswith("receivers.") and (running.get(key.rsplit(".", 1)[0]) == "off"
-                                                       or wanted.get(key.rsplit(".", 1)[0]) == "off"))]
+    """`KEY: running X, the file says Y` for each difference (a receiver turned on or off is one line)."""
+    return [f"{key}: running {running[key]!r}, the file says {wanted[key]!r}"
+            for key in sorted(set(running) & set(wanted)) if running[key] != wanted[key]]
 
 
 def _loaded_summary(gateway: "Gateway") -> dict[str, str]:
