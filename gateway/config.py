@@ -245,7 +245,9 @@ class Config(StrictModel):
             if own is not None and host is not None and (_is_local(host) or host == own[1]):
                 errors.append(f"sinks.{name}.endpoint: {endpoint!r} is this gateway's own {own[0]} receiver "
                               f"(receivers.{own[0]}.endpoint: {own[2]}): it would send every span back to otelgate "
-                              "in a loop; point the sink at its backend")
+                              "in a loop; point the sink at its backend"
+                              + ("" if "endpoint" in sink.model_fields_set else
+                                 f" (that is the {sink.type} sink's default endpoint: set sinks.{name}.endpoint)"))
         return errors
 
     def route_list(self) -> list[RouteConfig]:

@@ -122,12 +122,15 @@ sinks:
   self: {{type: otlp, endpoint: "{host}:4317"}}
   fine: {{type: otlp, endpoint: "collector.example:4317"}}
   other_port: {{type: otlp, endpoint: "localhost:14317"}}
+  defaulted: {{type: jaeger}}
 """)
     assert result.returncode == 1
     for sink in ("jaeger", "tempo", "collector", "self"):
         assert f"sinks.{sink}.endpoint: " in result.stderr and "this gateway's own" in result.stderr, result.stderr
     assert "sinks.fine" not in result.stderr and "sinks.other_port" not in result.stderr
-    assert "4 errors" in result.stderr
+    assert "sinks.defaulted.endpoint: 'localhost:4317'" in result.stderr
+    assert "that is the jaeger sink's default endpoint: set sinks.defaulted.endpoint" in result.stderr
+    assert "5 errors" in result.stderr
 
 
 # -- what run would reject, caught by check ---------------------------------------------------
