@@ -246,8 +246,8 @@ class Config(StrictModel):
                 errors.append(f"sinks.{name}.endpoint: {endpoint!r} is this gateway's own {own[0]} receiver "
                               f"(receivers.{own[0]}.endpoint: {own[2]}): it would send every span back to otelgate "
                               "in a loop; point the sink at its backend"
-                              + ("" if "endpoint" in sink.model_fields_set else
-                                 f" (that is the {sink.type} sink's default endpoint: set sinks.{name}.endpoint)"))
+                              + (f" (that is the {sink.type} sink's default endpoint: set sinks.{name}.endpoint)"
+                                 if endpoint == _default_endpoint(sink) else ""))
         return errors
 
     def route_list(self) -> list[RouteConfig]:
@@ -280,6 +280,14 @@ class Config(StrictModel):
 
 
 _ITEMS = {"traces": "spans", "logs": "log_records", "metrics": "metric_points"}
+
+
+def _default_endpoint(sink: Any) -> str | None:
+    """The endpoint a sink of this type and protocol gets when none is written (jaeger has one)."""
+    try:
+        return type(sink).model_validate({"type": sink.type, "protocol": getattr(sink, "protocol", "grpc")}).endpoint
+    except (ValidationError, ValueError, AttributeError):
+        return None
 
 
 def _host_port(endpoint: str) -> tuple[str | None, int | None]:
