@@ -76,7 +76,7 @@ class AdminServer:
         sinks = self._sinks_health()
         if self.state != "running":
             status, code = "unavailable", 503
-        elif any(s["status"] == "failing" for s in sinks.values()):
+        elif any(s["status"] in ("failing", "full") for s in sinks.values()):
             status, code = "degraded", 200
         else:
             status, code = "ok", 200

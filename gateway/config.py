@@ -51,6 +51,11 @@ class GrpcReceiverConfig(StrictModel):
     endpoint: Endpoint = "0.0.0.0:4317"
     max_message_bytes: ByteSize = Field(4 * 1024 * 1024, gt=0)
     tls: ServerTlsConfig | None = Field(None, description="Omitted: plain text.")
+    max_connection_idle: Duration = Field(60.0, ge=0, description="Close (GOAWAY) a connection with no RPC for this long; 0: never.")
+    max_connection_age: Duration = Field(0.0, ge=0, description="Close (GOAWAY) a connection this old; 0: never.")
+    max_connection_age_grace: Duration = Field(10.0, ge=0, description="RPCs in flight when max_connection_age is reached get this long.")
+    max_in_flight_requests: int = Field(0, ge=0, description="Refuse (UNAVAILABLE + RetryInfo) past this many RPCs in progress; 0: the default (see docs/receivers.md).")
+    max_in_flight_bytes: ByteSize = Field(64 * 1024 * 1024, ge=0, description="Refuse past this many message bytes in progress; 0: no bound.")
 
 
 class HttpReceiverConfig(StrictModel):
@@ -58,6 +63,14 @@ class HttpReceiverConfig(StrictModel):
     max_body_bytes: ByteSize = Field(
         20 * 1024 * 1024, gt=0, description="Bounds the body as sent and again after decompression (gzip bombs).")
     tls: ServerTlsConfig | None = Field(None, description="Omitted: plain text.")
+    read_header_timeout: Duration = Field(60.0, ge=0, description="A request's headers must arrive within this; 0: no limit.")
+    idle_timeout: Duration = Field(60.0, ge=0, description="Close a keep-alive connection idle this long; 0: never.")
+    max_connections: int = Field(0, ge=0, description="Refuse (503) connections past this many; 0: from the open-files limit.")
+    backlog: int = Field(0, ge=0, description="Listen queue length; 0: net.core.somaxconn.")
+    max_in_flight_requests: int = Field(0, ge=0, description="Refuse (503 + Retry-After) past this many requests in progress; 0: the default (see docs/receivers.md).")
+    max_in_flight_bytes: ByteSize = Field(64 * 1024 * 1024, ge=0, description="Refuse past this many body bytes in progress; 0: no bound.")
+    langfuse_hold: Duration = Field(5.0, ge=0, description="How long an observation the Langfuse ingestion API "
+                                    "opened waits for its update (end time, output, usage) before it is sent.")
 
 
 class ReceiversConfig(StrictModel):

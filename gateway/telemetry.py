@@ -24,6 +24,7 @@ disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+_SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 100.0)  # 0..1, 1-5 stars, 0-10; no negative bound, or prometheus-client hides _sum (-1 counts in le=0)
 _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 
 
@@ -76,13 +77,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        # What runs, and the process's own resources (process_resident_memory_bytes, _cpu_seconds_total,
-        # _open_fds, _max_fds...: prometheus-client's, the names every Prometheus exporter uses).
         from gateway import __version__
 
         Info("otelgate_build", "The otelgate build running", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
-        ProcessCollector(registry=r)
         # Per signal, as the Collector names them: ..._spans, ..._log_records, ..._metric_points.
         self.signals = {signal: SignalCounters(items, r) for signal, items in ITEMS.items()}
         traces = self.signals["traces"]
@@ -97,6 +95,16 @@ class Metrics:
             "otelgate_receiver_truncated_spans", "Spans accepted after cutting them to a limit", ["protocol", "limit"], registry=r)
         self.receiver_requests = Counter(
             "otelgate_receiver_requests", "Export requests by outcome", ["protocol", "outcome"], registry=r)
+        self.receiver_connections_closed = Counter(
+            "otelgate_receiver_connections_closed", "Connections the gateway closed or refused: header_timeout, "
+            "idle_timeout, too_many_connections", ["protocol", "reason"], registry=r)
+        self.receiver_open_connections = Gauge(
+            "otelgate_receiver_open_connections", "Connections open on a receiver", ["protocol"], registry=r)
+        self.receiver_in_flight = Gauge(
+            "otelgate_receiver_in_flight_requests", "Export requests being processed (admission control's count)",
+            ["protocol"], registry=r)
+        # process_open_fds, process_max_fds, process_resident_memory_bytes, process_cpu_seconds_total
+        ProcessCollector(registry=r)
         self.receiver_request_duration = Histogram(
             "otelgate_receiver_request_duration_seconds", "Time from request received to response, per protocol",
             ["protocol"], buckets=_LATENCY_BUCKETS, registry=r)
@@ -133,6 +141,14 @@ class Metrics:
             buckets=_LLM_BUCKETS, registry=r)
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
+
+        # User feedback and evaluation scores (gen_ai.evaluation.result log records); processors/feedback.py.
+        self.llm_feedback = Counter(
+            "otelgate_llm_feedback", "Feedback and evaluation results by app, evaluation name and label",
+            ["app", "name", "label"], registry=r)
+        self.llm_feedback_score = Histogram(
+            "otelgate_llm_feedback_score", "Scores of feedback and evaluation results (gen_ai.evaluation.score.value)",
+            ["app", "name"], buckets=_SCORE_BUCKETS, registry=r)
 
         self.redactions = Counter(
             "otelgate_redactions", "Values redacted, by detector kind or content action (content_drop, content_hash, "

@@ -298,9 +298,9 @@ def test_a_bare_number_for_a_duration_is_an_error(tmp_path: Path) -> None:
 def test_a_present_processor_section_is_on_and_check_says_so(tmp_path: Path, section: str) -> None:
     result = _check(tmp_path, f"sinks: {{a: {{type: file}}}}\npipeline: {section}")
     assert result.returncode == 0, result.stderr
-    assert "processors: normalize, price, llm_metrics, redact" in result.stdout
+    assert "processors: normalize, price, llm_metrics, feedback, redact" in result.stdout
     off = _check(tmp_path, "sinks: {a: {type: file}}\npipeline: {redact: {enabled: false, content: drop}, price: {enabled: false}}")
-    assert "processors: normalize, llm_metrics\n" in off.stdout
+    assert "processors: normalize, llm_metrics, feedback\n" in off.stdout
 
 
 def test_redact_with_only_content_set_redacts_through_the_gateway(tmp_path: Path) -> None:
