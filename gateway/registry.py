@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.processors import llm_metrics, normalize, price, redact
+from gateway.processors import feedback, llm_metrics, normalize, price, redact
 from gateway.sinks import file, otlp
 from gateway.sinks.langfuse import sink as langfuse
 
@@ -28,5 +28,6 @@ PROCESSORS: dict[str, ModuleType] = {
     "normalize": normalize,
     "price": price,
     "llm_metrics": llm_metrics,
+    "feedback": feedback,  # logs: gen_ai.evaluation.result records (user feedback, scores)
     "redact": redact,  # last: the others read model names and counts, never the content it changes
 }

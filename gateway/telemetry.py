@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
-                               generate_latest)
+import platform
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
+                               disable_created_metrics, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -22,6 +24,7 @@ disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+_SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 100.0)  # 0..1, 1-5 stars, 0-10; no negative bound, or prometheus-client hides _sum (-1 counts in le=0)
 _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 
 
@@ -74,6 +77,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        from gateway import __version__
+
+        Info("otelgate_build", "The otelgate build running", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
         # Per signal, as the Collector names them: ..._spans, ..._log_records, ..._metric_points.
         self.signals = {signal: SignalCounters(items, r) for signal, items in ITEMS.items()}
         traces = self.signals["traces"]
@@ -121,7 +128,8 @@ class Metrics:
             "otelgate_config_reloads", "Config reloads by outcome", ["outcome"], registry=r)
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
         self.llm_requests = Counter(
-            "otelgate_llm_requests", "LLM provider calls", ["service", "provider", "model", "operation", "status"], registry=r)
+            "otelgate_llm_requests", "LLM provider calls; model: the requested model, response_model: the one that answered "
+            "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status"], registry=r)
         self.llm_tokens = Counter(
             "otelgate_llm_tokens", "Tokens of LLM calls by type (input includes cache; output includes reasoning)",
             ["service", "provider", "model", "type"], registry=r)
@@ -133,6 +141,14 @@ class Metrics:
             buckets=_LLM_BUCKETS, registry=r)
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
+
+        # User feedback and evaluation scores (gen_ai.evaluation.result log records); processors/feedback.py.
+        self.llm_feedback = Counter(
+            "otelgate_llm_feedback", "Feedback and evaluation results by app, evaluation name and label",
+            ["app", "name", "label"], registry=r)
+        self.llm_feedback_score = Histogram(
+            "otelgate_llm_feedback_score", "Scores of feedback and evaluation results (gen_ai.evaluation.score.value)",
+            ["app", "name"], buckets=_SCORE_BUCKETS, registry=r)
 
         self.redactions = Counter(
             "otelgate_redactions", "Values redacted, by detector kind or content action (content_drop, content_hash, "

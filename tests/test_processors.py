@@ -47,10 +47,10 @@ def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
 
 def test_default_chain_order() -> None:
     config = parse("sinks: {a: {type: file}}", environ={})
-    assert list(PROCESSORS) == ["normalize", "price", "llm_metrics", "redact"]
-    assert len(build_processors(config, Metrics())) == 3  # redact is off by default
+    assert list(PROCESSORS) == ["normalize", "price", "llm_metrics", "feedback", "redact"]
+    assert len(build_processors(config, Metrics())) == 4  # redact is off by default
     off = parse("sinks: {a: {type: file}}\npipeline: {normalize: {enabled: false}, price: {enabled: false}}", environ={})
-    assert len(build_processors(off, Metrics())) == 1
+    assert len(build_processors(off, Metrics())) == 2
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -103,7 +103,7 @@ def test_llm_metrics_count_unpriced_and_errors() -> None:
     get = metrics.registry.get_sample_value
     assert get("otelgate_llm_unpriced_spans_total", {"provider": "openai", "model": "mystery"}) == 1
     assert get("otelgate_llm_requests_total", {"service": "svc", "provider": "openai", "model": "gpt-4o",
-                                               "operation": "chat", "status": "error"}) == 1
+                                               "response_model": "", "operation": "chat", "status": "error"}) == 1
     assert get("otelgate_llm_cost_usd_total", {"service": "svc", "provider": "openai", "model": "gpt-4o", "source": "computed"}) is None
 
 

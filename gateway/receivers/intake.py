@@ -224,6 +224,10 @@ class Intake:
         """Count a request that could not be read at all (bad payload, too large, wrong type)."""
         self._metrics.receiver_requests.labels(protocol, outcome).inc()
 
+    def rejected(self, protocol: str, reason: str, items: int, signal: Signal = TRACES) -> None:
+        """Count items a receiver refused before the pipeline (Langfuse events that do not validate)."""
+        self._metrics.signals[signal.name].receiver_rejected.labels(protocol, reason).inc(items)
+
     def observe_latency(self, protocol: str, seconds: float) -> None:
         self._metrics.receiver_request_duration.labels(protocol).observe(seconds)
 

@@ -1,6 +1,8 @@
 """OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs`, `/v1/metrics`, protobuf or JSON, as the
 OTLP specification says; and `POST /api/public/otel/v1/traces`, the path the Langfuse SDK
-exports to, authenticated with its Basic auth key pair (see `Intake.identify_langfuse`).
+exports to, authenticated with its Basic auth key pair (see `Intake.identify_langfuse`); and the
+Langfuse SDK v2's `POST /api/public/ingestion` and `GET /api/public/projects`
+(`langfuse_ingestion.py`, which answers as Langfuse does).
 
 Answers: 200 with an `ExportTraceServiceResponse` (with `partial_success` when spans were
 rejected), in the request's encoding; 400 malformed payload, 413 body too large (as sent or
@@ -40,6 +42,7 @@ from gateway.otlp.signals import SIGNALS, TRACES, Signal
 from gateway.receivers.auth import Unauthenticated
 from gateway.receivers.connections import ConnectionGuard, default_backlog, default_max_connections
 from gateway.receivers.intake import Admission, Intake, describe_decode_error
+from gateway.receivers.langfuse_ingestion import LangfuseIngestion
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import server_ssl_context
 
@@ -80,6 +83,7 @@ class OtlpHttpReceiver:
         self.admission = Admission(config.max_in_flight_requests, config.max_in_flight_bytes,
                                    metrics.receiver_in_flight.labels(PROTOCOL))
         self._servers: list[asyncio.base_events.Server] = []
+        self._langfuse = LangfuseIngestion(intake, config.max_body_bytes, config.langfuse_hold, self.admission)
 
     def _app(self) -> web.Application:
         # client_max_size bounds the body as sent; decompression is bounded separately below.
@@ -87,6 +91,7 @@ class OtlpHttpReceiver:
         for signal in SIGNALS.values():
             app.router.add_post(signal.http_path, partial(self._export, signal, self._intake.identify))
         app.router.add_post(LANGFUSE_PATH, partial(self._export, TRACES, self._intake.identify_langfuse))
+        self._langfuse.add_routes(app)  # the Langfuse SDK v2's ingestion API (langfuse_ingestion.py)
         return app
 
     @web.middleware
@@ -145,6 +150,7 @@ class OtlpHttpReceiver:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        await self._langfuse.close()
 
     async def _export(self, signal: Signal, identify: Identify, request: web.Request) -> web.Response:
         started = time.perf_counter()
