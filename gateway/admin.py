@@ -45,14 +45,18 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics_text)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        host, port = split_endpoint(self.config.endpoint)
+        unix = self.config.endpoint.startswith("unix:")  # a worker's, read by its supervisor
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            if unix:
+                await web.UnixSite(runner, self.config.endpoint[5:]).start()
+            else:
+                host, port = split_endpoint(self.config.endpoint)
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.endpoint = f"{host}:{runner.addresses[0][1]}"
+        self.endpoint = self.config.endpoint if unix else f"{host}:{runner.addresses[0][1]}"
 
     async def shutdown(self) -> None:
         if self._runner is not None:

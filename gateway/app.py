@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +29,7 @@ from gateway.processors import Processor
 from gateway.receivers.intake import Intake
 from gateway.receivers.otlp_grpc import OtlpGrpcReceiver
 from gateway.receivers.otlp_http import OtlpHttpReceiver
+from gateway.service import worker_id
 from gateway.telemetry import Metrics
 
 _log = get_logger("gateway")
@@ -65,16 +66,24 @@ class ConfigStatus:
 
 class Gateway:
     def __init__(self, config: Config, processors: Sequence[Processor] | None = None,
-                 config_path: str | os.PathLike[str] | None = None) -> None:
-        """`config_path` is the file `config` came from: it is watched and reloaded on change or SIGHUP."""
+                 config_path: str | os.PathLike[str] | None = None,
+                 loader: Callable[[Path], Config] = load) -> None:
+        """`config_path` is the file `config` came from: it is watched and reloaded on change or SIGHUP,
+        read with `loader` (a worker's adjusts ports, admin socket and disk queue directories)."""
         self.config = config
+        self._load = loader
+        self._worker = worker_id()
         self.config_path = Path(config_path) if config_path is not None else None
         self.config_status = ConfigStatus()
         self._config_digest = _digest(self.config_path)
         self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
         self.pipeline = Pipeline(config, self.metrics, processors)
-        self.intake = intake = Intake(self.pipeline, self.metrics)
+        self.affinity = None  # with workers, when the config decides on whole traces
+        if self._worker is not None:
+            from gateway.service.workers import affinity_for
+            self.affinity = affinity_for(config, self.pipeline, self._worker)
+        self.intake = intake = Intake(self.affinity or self.pipeline, self.metrics)
         intake.configure(config)  # API keys and limits; a reload calls it again
         self.receivers: dict[str, Receiver] = {}
         if config.receivers.grpc is not None:
@@ -96,15 +105,20 @@ class Gateway:
 
         Every listener's address is tried first, before any part starts, so a wrong or taken
         address fails before a sink has created a file or a queue directory."""
-        for key, endpoint in self._listener_keys():
-            _probe_listen(key, endpoint)
+        if self._worker is None:  # a worker's siblings already hold the shared ports (SO_REUSEPORT)
+            for key, endpoint in self._listener_keys():
+                _probe_listen(key, endpoint)
         try:
             try:
                 await self.admin.start()
             except OSError as exc:
                 raise StartError(f"admin.endpoint {self.config.admin.endpoint!r}: cannot listen: {_why(exc)}") from exc
-            _log.info("admin listening", endpoint=self.admin.endpoint, paths="/health /metrics")
+            # A worker's admin socket is its supervisor's business, not the public endpoint.
+            _log.info("admin listening" if self._worker is None else "worker admin socket",
+                      endpoint=self.admin.endpoint, paths="/health /metrics")
             await self.pipeline.start()
+            if self.affinity is not None:
+                await self.affinity.start()
             for (key, value), (name, receiver) in zip(self._listener_keys()[1:], self.receivers.items()):
                 try:
                     await receiver.start()
@@ -120,8 +134,9 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(700, 10, 100)  # full passes 10x rarer: the trace buffer holds many young objects
         self.admin.state = "running"
-        _log.info("loaded", **_loaded_summary(self))
-        _log.info("ready", sinks=",".join(self.pipeline.drivers))
+        if self._worker is None:
+            _log.info("loaded", **_loaded_summary(self))
+        _log.info("ready" if self._worker is None else "worker up", sinks=",".join(self.pipeline.drivers))
 
     async def stop(self) -> None:
         """Idempotent; safe after a partial start."""
@@ -130,6 +145,8 @@ class Gateway:
         for name in reversed(self._started):
             await self.receivers[name].shutdown()
         self._started.clear()
+        if self.affinity is not None:
+            await self.affinity.stop()
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
         await self.admin.shutdown()
 
@@ -145,7 +162,7 @@ class Gateway:
         async with self._reload_lock:
             digest = _digest(self.config_path)
             try:
-                config = load(self.config_path)
+                config = self._load(self.config_path)
             except Exception as exc:  # load raises ConfigError only; anything else is still a rejected reload
                 self._config_digest = digest
                 errors = exc.errors if isinstance(exc, ConfigError) else [f"{self.config_path}: cannot load: {exc!r}"]

@@ -73,6 +73,19 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("config warning", warning=warning)
     log.info("starting", version=__version__, config=args.config or "<embedded default>")
 
+    from gateway.service import worker_id
+
+    loader = None
+    if worker_id() is not None:  # started by a supervisor (service.workers > 1)
+        from gateway.service.workers import worker_setup
+        config, loader = worker_setup(config)
+    elif config.service.worker_count() > 1:
+        from gateway.service.workers import supervise
+        return supervise(config, args.config, args.log_format)
+    elif any(sc.queue.type == "disk" for sc in config.sinks.values()):
+        from gateway.service.workers import adopt_orphans
+        adopt_orphans(config, None, 1)  # disk queues left by workers of an earlier `service.workers`
+
     from gateway.app import Gateway, StartError  # imported late: `check` stays fast and free of grpc
 
     try:
@@ -82,7 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(Gateway(config, config_path=args.config).run_until_signalled())
+        gateway = Gateway(config, config_path=args.config) if loader is None else \
+            Gateway(config, config_path=args.config, loader=loader)
+        runner(gateway.run_until_signalled())
     except StartError as exc:
         log.error("cannot start", error=str(exc))
         return 1

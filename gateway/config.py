@@ -127,6 +127,32 @@ class ServiceConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     config_watch_interval: Duration = Field(
         1.0, description="How often the config file is checked for changes (0: only on SIGHUP).")
+    workers: int | Literal["auto"] = Field(
+        1, description="Worker processes sharing the receivers' ports (auto: one per core); see docs/scaling.md.")
+
+    @model_validator(mode="after")
+    def _workers_positive(self) -> "ServiceConfig":
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 256:
+            raise ValueError("workers: expected 1 to 256, or auto")
+        return self
+
+    def worker_count(self) -> int:
+        """`workers` as a number (`auto`: the cores this process may run on)."""
+        if self.workers == "auto":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            return max(1, min(cores, _cgroup_cpus() or cores))
+        return int(self.workers)
+
+
+def _cgroup_cpus() -> int | None:
+    """The cores a cgroup v2 CPU quota allows (a container's `limits.cpu`), rounded up; None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 class _Processors(StrictModel):

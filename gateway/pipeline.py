@@ -72,6 +72,8 @@ class Pipeline:
         metrics.watch_queues(self._queue_rows)
 
     def _driver(self, name: str, cfg: object, signal: Signal) -> SinkDriver:
+        if hasattr(module := SINKS[cfg.type], "create_driver"):  # type: ignore[attr-defined]  # queues per backend
+            return module.create_driver(name, cfg, self.metrics, signal)  # type: ignore[no-any-return]
         sink = SINKS[cfg.type].create(name, cfg, signal)  # type: ignore[attr-defined]
         return SinkDriver(name, sink, cfg, self.metrics, signal)  # type: ignore[arg-type]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from gateway.processors import feedback, llm_metrics, normalize, price, redact
-from gateway.sinks import file, otlp
+from gateway.sinks import file, loadbalancing, otlp
 from gateway.sinks.langfuse import sink as langfuse
 
 SINKS: dict[str, ModuleType] = {
@@ -22,6 +22,7 @@ SINKS: dict[str, ModuleType] = {
     "otlp": otlp,
     "jaeger": otlp.jaeger,
     "langfuse": langfuse,
+    "loadbalancing": loadbalancing,
 }
 
 PROCESSORS: dict[str, ModuleType] = {

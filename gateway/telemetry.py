@@ -15,7 +15,8 @@ import platform
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
                                disable_created_metrics, generate_latest)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.samples import Sample
 from prometheus_client.registry import Collector
 
 # `*_created` series double the output and no dashboard reads them (the Collector has none).
@@ -45,6 +46,45 @@ class _QueueGauges(Collector):
         yield capacity
 
 
+class _SentChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class SentCounter(Collector):
+    """`otelgate_sink_sent_*_total{sink}`, and `{sink, backend}` for the backends of a
+    loadbalancing sink: one family whose series carry a `backend` label only where there is one
+    (prometheus-client's Counter needs one label set per family)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._children: dict[tuple[str, str | None], _SentChild] = {}
+        registry.register(self)
+
+    def labels(self, sink: str, backend: str | None = None) -> _SentChild:
+        key = (sink, backend)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _SentChild()
+        return child
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return [CounterMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation)
+        for (sink, backend), child in list(self._children.items()):
+            labels = {"sink": sink} if backend is None else {"sink": sink, "backend": backend}
+            family.samples.append(Sample(self._name + "_total", labels, child.value))
+        yield family
+
+
 ITEMS = {"traces": "spans", "logs": "log_records", "metrics": "metric_points"}
 
 
@@ -62,7 +102,7 @@ class SignalCounters:
             f"otelgate_receiver_rejected_{items}", f"{what} rejected as invalid (reported in partial_success) or over a limit "
             "(the whole request); not retryable",
             ["protocol", "reason"], registry=r)
-        self.sink_sent = Counter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", ["sink"], registry=r)
+        self.sink_sent = SentCounter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", r)
         self.sink_failed = Counter(
             f"otelgate_sink_failed_{items}", f"{what} in send attempts that failed (they may be retried)", ["sink"], registry=r)
         self.sink_dropped = Counter(
