@@ -33,6 +33,7 @@ def _summary(config: Config) -> str:
                               "redacted" if route.redact else "",
                               f"sampled {route.sampling.head.percentage:g}%" if route.sampling else "") if x]
         lines.append(f"  {route.name}  {what}{' [' + ', '.join(extras) + ']' if extras else ''} -> {', '.join(route.sinks)}")
+    lines.append(f"processors: {', '.join(config.pipeline.running()) or 'none'}")
     if config.sampling.head is not None:
         lines.append(f"head sampling: {config.sampling.head.percentage:g}%")
     if config.sampling.tail is not None:
@@ -85,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         from gateway.service.workers import adopt_orphans
         adopt_orphans(config, None, 1)  # disk queues left by workers of an earlier `service.workers`
 
-    from gateway.app import Gateway  # imported late: `check` stays fast and free of grpc
+    from gateway.app import Gateway, StartError  # imported late: `check` stays fast and free of grpc
 
     try:
         import uvloop
@@ -97,6 +98,9 @@ def _run(args: argparse.Namespace) -> int:
         gateway = Gateway(config, config_path=args.config) if loader is None else \
             Gateway(config, config_path=args.config, loader=loader)
         runner(gateway.run_until_signalled())
+    except StartError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
     except OSError as exc:
         hint = {errno.EADDRINUSE: "another process holds the port: stop it or change the endpoint in the config",
                 errno.EACCES: "permission denied: check the file sink's path or use a port above 1023"}.get(exc.errno or 0)

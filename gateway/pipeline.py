@@ -106,7 +106,11 @@ class Pipeline:
         started: list[SinkDriver] = []
         try:
             for driver in self.drivers.values():
-                await driver.start()
+                try:
+                    await driver.start()
+                except OSError as exc:  # name the sink: a bare errno line tells the user nothing
+                    raise OSError(exc.errno, f"sinks.{driver.name}: cannot start: {exc.strerror or exc}"
+                                  + (f": {exc.filename!r}" if exc.filename else "")) from exc
                 started.append(driver)
         except BaseException:
             await asyncio.gather(*(d.drain(0) for d in started), return_exceptions=True)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
-                               generate_latest)
+import platform
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
+                               disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.samples import Sample
 from prometheus_client.registry import Collector
@@ -115,6 +117,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        from gateway import __version__
+
+        Info("otelgate_build", "The otelgate build running", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
         # Per signal, as the Collector names them: ..._spans, ..._log_records, ..._metric_points.
         self.signals = {signal: SignalCounters(items, r) for signal, items in ITEMS.items()}
         traces = self.signals["traces"]
@@ -162,7 +168,8 @@ class Metrics:
             "otelgate_config_reloads", "Config reloads by outcome", ["outcome"], registry=r)
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
         self.llm_requests = Counter(
-            "otelgate_llm_requests", "LLM provider calls", ["service", "provider", "model", "operation", "status"], registry=r)
+            "otelgate_llm_requests", "LLM provider calls; model: the requested model, response_model: the one that answered "
+            "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status"], registry=r)
         self.llm_tokens = Counter(
             "otelgate_llm_tokens", "Tokens of LLM calls by type (input includes cache; output includes reasoning)",
             ["service", "provider", "model", "type"], registry=r)

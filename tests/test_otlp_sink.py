@@ -546,6 +546,7 @@ def test_tls_with_a_private_ca(tmp_path: Path, run_gateway: Any, protocol: str) 
 
 def test_config_defaults_and_jaeger() -> None:
     config = parse("""
+receivers: {grpc: {endpoint: "127.0.0.1:14317"}, http: {endpoint: "127.0.0.1:14318"}}  # the defaults would loop
 sinks:
   j: {type: jaeger}
   jh: {type: jaeger, protocol: http}

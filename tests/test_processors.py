@@ -103,7 +103,7 @@ def test_llm_metrics_count_unpriced_and_errors() -> None:
     get = metrics.registry.get_sample_value
     assert get("otelgate_llm_unpriced_spans_total", {"provider": "openai", "model": "mystery"}) == 1
     assert get("otelgate_llm_requests_total", {"service": "svc", "provider": "openai", "model": "gpt-4o",
-                                               "operation": "chat", "status": "error"}) == 1
+                                               "response_model": "", "operation": "chat", "status": "error"}) == 1
     assert get("otelgate_llm_cost_usd_total", {"service": "svc", "provider": "openai", "model": "gpt-4o", "source": "computed"}) is None
 
 
