@@ -47,10 +47,10 @@ def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
 
 def test_default_chain_order() -> None:
     config = parse("sinks: {a: {type: file}}", environ={})
-    assert list(PROCESSORS) == ["normalize", "price", "llm_metrics", "redact"]
-    assert len(build_processors(config, Metrics())) == 3  # redact is off by default
+    assert list(PROCESSORS) == ["normalize", "price", "account", "llm_metrics", "redact"]
+    assert len(build_processors(config, Metrics())) == 4  # redact is off by default
     off = parse("sinks: {a: {type: file}}\npipeline: {normalize: {enabled: false}, price: {enabled: false}}", environ={})
-    assert len(build_processors(off, Metrics())) == 1
+    assert len(build_processors(off, Metrics())) == 2
 
 
 @pytest.mark.parametrize("text, fragment", [

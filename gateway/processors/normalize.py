@@ -601,6 +601,7 @@ class Normalizer:
         request = batch.request
         for rs in request.resource_spans:
             service: str | None = None
+            resource = None
             for ss in rs.scope_spans:
                 scope: str | None = None
                 for span in ss.spans:
@@ -625,7 +626,9 @@ class Normalizer:
                     if f.call is not None:
                         if service is None:
                             service = _service(rs)
+                            resource = rs.resource
                         f.call.service = service
+                        f.call.resource = resource
                     found.append(f)
         calls: list[LlmCall] = []
         if found:
