@@ -28,6 +28,8 @@ from gateway.receivers.intake import Intake
 from gateway.receivers.otlp_grpc import OtlpGrpcReceiver
 from gateway.receivers.otlp_http import OtlpHttpReceiver
 from gateway.telemetry import Metrics
+from gateway.usage import api as usage_api
+from gateway.usage.service import UsageService
 
 _log = get_logger("gateway")
 
@@ -64,7 +66,9 @@ class Gateway:
         self._config_digest = _digest(self.config_path)
         self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
-        self.pipeline = Pipeline(config, self.metrics, processors)
+        # Usage accounting: the account processor feeds its recorder; the store is written off the hot path.
+        self.usage = UsageService(config.usage, self.metrics) if config.usage.enabled else None
+        self.pipeline = Pipeline(config, self.metrics, processors, self.usage.recorder if self.usage else None)
         self.intake = intake = Intake(self.pipeline, self.metrics)
         intake.configure(config)  # API keys and limits; a reload calls it again
         self.receivers: dict[str, Receiver] = {}
@@ -73,6 +77,9 @@ class Gateway:
         if config.receivers.http is not None:
             self.receivers["OTLP/HTTP"] = OtlpHttpReceiver(config.receivers.http, intake)
         self.admin = AdminServer(config.admin, self.metrics, self.pipeline.health, self.config_status.as_dict)
+        self.admin.routes.extend(usage_api.routes(self.usage))
+        if self.usage is not None:
+            self.admin.health_sections["usage"] = self.usage.health
         self._started: list[str] = []
 
     async def start(self) -> None:
@@ -80,6 +87,8 @@ class Gateway:
         try:
             await self.admin.start()
             _log.info("admin listening", endpoint=self.admin.endpoint, paths="/health /metrics")
+            if self.usage is not None:
+                await self.usage.start()
             await self.pipeline.start()
             for name, receiver in self.receivers.items():
                 await receiver.start()
@@ -103,6 +112,8 @@ class Gateway:
             await self.receivers[name].shutdown()
         self._started.clear()
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        if self.usage is not None:
+            await self.usage.stop(min(5.0, max(1.0, deadline - time.monotonic())))
         await self.admin.shutdown()
 
     async def reload(self, reason: str) -> bool:
@@ -132,6 +143,8 @@ class Gateway:
                 return True
             if config.receivers != self.config.receivers:
                 _log.warning("config: receivers changed; that takes a restart (kept the running receivers)")
+            if config.usage != self.config.usage:
+                _log.warning("config: usage changed; that takes a restart (kept the running usage store)")
             if config.admin.endpoint != self.config.admin.endpoint:
                 _log.warning("config: admin.endpoint changed; that takes a restart (kept the running endpoint)")
             try:

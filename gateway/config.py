@@ -25,6 +25,7 @@ from gateway.receivers.tls import ServerTlsConfig
 from gateway.sampling.head import HeadConfig
 from gateway.sampling.tail import POLICY_TYPES, TailConfig
 from gateway.usage.attribution import AttributionConfig
+from gateway.usage.config import UsageConfig
 
 _ENV = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = r"^[A-Za-z0-9_.-]+$"
@@ -128,6 +129,7 @@ class Config(StrictModel):
     auth: AuthConfig | None = Field(None, description="API keys the receivers require; omitted: anyone may send.")
     limits: LimitsConfig | None = Field(None, description="Bounds on what one request may hold; omitted: none.")
     service: ServiceConfig = ServiceConfig()
+    usage: UsageConfig = Field(UsageConfig(), description="Usage rollups (who spent what); on by default, SQLite.")
     attribution: AttributionConfig = Field(
         AttributionConfig(), description="Where each LLM call's tenant, app, user, session and environment come from.")
 

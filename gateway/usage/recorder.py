@@ -1,0 +1,157 @@
+"""The hot path of usage accounting: LLM calls added to in-memory rollups (plain dicts).
+
+Three rollups, each a dict from its key to a list of sums:
+
+* per minute by (tenant, app, environment, provider, model, operation, status): the fields of
+  `ROLLUP_FIELDS` (calls, errors, each token kind, cost, turns, summed duration, and a latency
+  histogram over `LATENCY_BUCKETS`);
+* per UTC day by (tenant, app, environment, user) and by (tenant, app, environment, session,
+  user): the fields of `PEOPLE_FIELDS`.
+
+A **turn** is a trace with at least one LLM call: it is counted once, on the first call of the
+trace this gateway sees (a bounded memory of recent trace ids remembers the others).
+
+Nothing here waits or does I/O: the usage service takes the dicts every flush interval and
+writes them off the event loop. The number of rows held is bounded (`limit`); a call whose row
+would pass it is counted in `dropped` and not kept.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.llm.call import LlmCall
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)  # upper bounds (s); one more: +Inf
+PEOPLE_FIELDS = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                 "reasoning_tokens", "cost_usd", "turns")
+LATENCY_FIELDS = tuple(f"lat_{i}" for i in range(len(LATENCY_BUCKETS) + 1))
+ROLLUP_FIELDS = (*PEOPLE_FIELDS, "duration_s", *LATENCY_FIELDS)
+ROLLUP_DIMS = ("tenant", "app", "environment", "provider", "model", "operation", "status")
+USER_DIMS = ("tenant", "app", "environment", "user")
+SESSION_DIMS = ("tenant", "app", "environment", "session", "user")
+_N_ROLLUP = len(ROLLUP_FIELDS)
+_N_PEOPLE = len(PEOPLE_FIELDS)
+_LAT0 = ROLLUP_FIELDS.index("lat_0")
+_TRACES = 100_000  # trace ids remembered to count each turn once
+
+
+@dataclass(slots=True)
+class Rollups:
+    """What was accumulated since the last take: key (time first) -> sums, per rollup."""
+
+    minutes: dict[tuple, list] = field(default_factory=dict)  # type: ignore[type-arg]
+    users: dict[tuple, list] = field(default_factory=dict)  # type: ignore[type-arg]
+    sessions: dict[tuple, list] = field(default_factory=dict)  # type: ignore[type-arg]
+
+    def rows(self) -> int:
+        return len(self.minutes) + len(self.users) + len(self.sessions)
+
+    def calls(self) -> int:
+        return sum(r[0] for r in self.minutes.values())
+
+    def merge(self, other: "Rollups", limit: int) -> dict[str, int]:
+        """Add `other` into this one, keeping at most `limit` rows; what was left out, by rollup."""
+        lost = {"minute": 0, "user": 0, "session": 0}
+        rows = self.rows()
+        for name, mine, theirs in (("minute", self.minutes, other.minutes), ("user", self.users, other.users),
+                                   ("session", self.sessions, other.sessions)):
+            for key, values in theirs.items():
+                row = mine.get(key)
+                if row is None:
+                    if rows >= limit:
+                        lost[name] += values[0]
+                        continue
+                    mine[key] = values
+                    rows += 1
+                else:
+                    for i, v in enumerate(values):
+                        row[i] += v
+        return lost
+
+
+class Recorder:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = Rollups()
+        self._rows = 0
+        # Contributions not kept because the rows were at their limit, by rollup (minute, user, session).
+        self.dropped = {"minute": 0, "user": 0, "session": 0}
+        self._traces: OrderedDict[bytes, None] = OrderedDict()
+
+    def record(self, calls: Iterable[LlmCall]) -> None:
+        pending, traces = self.pending, self._traces
+        minutes, users, sessions = pending.minutes, pending.users, pending.sessions
+        for c in calls:
+            start = c.start_time_unix_nano or time.time_ns()
+            minute = start // 60_000_000_000 * 60
+            tenant, app, env = c.tenant or "", c.app or "", c.environment or ""
+            key = (minute, tenant, app, env, c.provider or "", c.model or "", c.operation or "",
+                   "error" if c.error else "ok")
+            row = minutes.get(key)
+            if row is None:
+                if self._rows >= self.limit:
+                    self.dropped["minute"] += 1
+                    continue
+                row = minutes[key] = [0] * _N_ROLLUP
+                row[7] = row[9] = 0.0
+                self._rows += 1
+            tid = c.span.trace_id
+            turn = 0
+            if tid not in traces:
+                turn = 1
+                traces[tid] = None
+                if len(traces) > _TRACES:
+                    traces.popitem(last=False)
+            inp, out = c.input_tokens or 0, c.output_tokens or 0
+            cr, cw, rs = c.cache_read_tokens or 0, c.cache_write_tokens or 0, c.reasoning_tokens or 0
+            cost = c.cost_usd or 0.0
+            err = 1 if c.error else 0
+            row[0] += 1
+            row[1] += err
+            row[2] += inp
+            row[3] += out
+            row[4] += cr
+            row[5] += cw
+            row[6] += rs
+            row[7] += cost
+            row[8] += turn
+            if c.end_time_unix_nano >= c.start_time_unix_nano and c.end_time_unix_nano:
+                seconds = (c.end_time_unix_nano - c.start_time_unix_nano) / 1e9
+                row[9] += seconds
+                row[_LAT0 + bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            user, session = c.user, c.session
+            if user is None and session is None:
+                continue
+            day = minute // 86400 * 86400
+            for name, table, pkey in (
+                    ("user", users, (day, tenant, app, env, user) if user is not None else None),
+                    ("session", sessions, (day, tenant, app, env, session, user or "") if session is not None else None)):
+                if pkey is None:
+                    continue
+                prow = table.get(pkey)
+                if prow is None:
+                    if self._rows >= self.limit:
+                        self.dropped[name] += 1
+                        continue
+                    prow = table[pkey] = [0] * _N_PEOPLE
+                    prow[7] = 0.0
+                    self._rows += 1
+                prow[0] += 1
+                prow[1] += err
+                prow[2] += inp
+                prow[3] += out
+                prow[4] += cr
+                prow[5] += cw
+                prow[6] += rs
+                prow[7] += cost
+                prow[8] += turn
+
+    def take(self) -> Rollups:
+        """Hand over what was accumulated and start afresh."""
+        taken, self.pending, self._rows = self.pending, Rollups(), 0
+        return taken
