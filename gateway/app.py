@@ -20,6 +20,7 @@ from typing import Protocol
 
 from gateway import logs
 from gateway.admin import AdminServer
+from gateway.budgets.alerter import Alerter
 from gateway.config import Config, ConfigError, load
 from gateway.logs import get_logger
 from gateway.pipeline import Pipeline
@@ -77,9 +78,13 @@ class Gateway:
         if config.receivers.http is not None:
             self.receivers["OTLP/HTTP"] = OtlpHttpReceiver(config.receivers.http, intake)
         self.admin = AdminServer(config.admin, self.metrics, self.pipeline.health, self.config_status.as_dict)
-        self.admin.routes.extend(usage_api.routes(self.usage))
+        self.alerter = Alerter(config.budgets, config.alerts, self.usage, self.metrics) \
+            if self.usage is not None and (config.budgets or config.alerts.rules) else None
+        self.admin.routes.extend(usage_api.routes(self.usage, self.alerter))
         if self.usage is not None:
             self.admin.health_sections["usage"] = self.usage.health
+        if self.alerter is not None:
+            self.admin.health_sections["alerts"] = self.alerter.health
         self._started: list[str] = []
 
     async def start(self) -> None:
@@ -89,6 +94,8 @@ class Gateway:
             _log.info("admin listening", endpoint=self.admin.endpoint, paths="/health /metrics")
             if self.usage is not None:
                 await self.usage.start()
+            if self.alerter is not None:
+                await self.alerter.start()
             await self.pipeline.start()
             for name, receiver in self.receivers.items():
                 await receiver.start()
@@ -112,6 +119,8 @@ class Gateway:
             await self.receivers[name].shutdown()
         self._started.clear()
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        if self.alerter is not None:
+            await self.alerter.stop()
         if self.usage is not None:
             await self.usage.stop(min(5.0, max(1.0, deadline - time.monotonic())))
         await self.admin.shutdown()
@@ -143,6 +152,8 @@ class Gateway:
                 return True
             if config.receivers != self.config.receivers:
                 _log.warning("config: receivers changed; that takes a restart (kept the running receivers)")
+            if (config.budgets, config.alerts) != (self.config.budgets, self.config.alerts):
+                _log.warning("config: budgets or alerts changed; that takes a restart (kept the running ones)")
             if config.usage != self.config.usage:
                 _log.warning("config: usage changed; that takes a restart (kept the running usage store)")
             if config.admin.endpoint != self.config.admin.endpoint:

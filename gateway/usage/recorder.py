@@ -82,6 +82,9 @@ class Recorder:
         # Contributions not kept because the rows were at their limit, by rollup (minute, user, session).
         self.dropped = {"minute": 0, "user": 0, "session": 0}
         self._traces: OrderedDict[bytes, None] = OrderedDict()
+        # Set by the budget evaluator: budget name -> (its config, the exceeded keys or None for all);
+        # the account processor marks the calls that count toward them.
+        self.exceeded: dict[str, tuple[object, set[str] | None]] = {}
 
     def record(self, calls: Iterable[LlmCall]) -> None:
         pending, traces = self.pending, self._traces
