@@ -83,3 +83,36 @@ def test_two_gateways_sharing_postgres_agree_on_spend(tmp_path: Path, postgres_d
     finally:
         for _, gw in gateways:
             gw.stop()
+
+
+def test_replicas_notify_a_budget_crossing_once(tmp_path: Path, postgres_dsn: str) -> None:
+    """Two gateways sharing PostgreSQL: spend from both crosses the budget; one notification."""
+    import asyncio
+    from tests.webhook_server import WebhookServer
+    asyncio.run(_reset(postgres_dsn))
+    hook = WebhookServer()
+    gateways = []
+    try:
+        for i in range(2):
+            work = tmp_path / f"gw{i}"
+            work.mkdir()
+            config = gateway_config(work, llm=True)
+            config["usage"] = {"store": "postgres", "dsn": postgres_dsn, "flush_interval": "100ms"}
+            config["alerts"] = {"interval": "100ms",
+                                "receivers": [{"name": "hook", "type": "webhook", "url": hook.url + "/hook"}]}
+            config["budgets"] = [{"name": "shared", "limit_usd": 0.01, "warn_at": [1.0]}]
+            gateways.append(GatewayProcess(config, work).wait_ready())
+        send(gateways[0].http, [Turn("bot", "alice", "s1", calls=2)])  # 70% on one replica
+        send(gateways[1].http, [Turn("bot", "bob", "s2", calls=2)])  # 140% together
+        got = wait_for(lambda: hook.bodies("/hook"), timeout=15)
+        for gw in gateways:  # both see the same spend
+            wait_for(lambda g=gw: requests.get(f"{g.admin}/api/v1/budgets", timeout=5).json()[0]["state"] == "exceeded")
+        import time
+        time.sleep(1.0)  # both replicas evaluated it many times by now
+        assert len(hook.bodies("/hook")) == 1 and got[0]["budget"] == "shared"
+        spends = {round(requests.get(f"{g.admin}/api/v1/budgets", timeout=5).json()[0]["spend_usd"], 12) for g in gateways}
+        assert len(spends) == 1
+    finally:
+        for gw in gateways:
+            gw.stop()
+        hook.close()
