@@ -50,14 +50,18 @@ class AdminServer:
             app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        host, port = split_endpoint(self.config.endpoint)
+        unix = self.config.endpoint.startswith("unix:")  # a worker's, read by its supervisor
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            if unix:
+                await web.UnixSite(runner, self.config.endpoint[5:]).start()
+            else:
+                host, port = split_endpoint(self.config.endpoint)
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.endpoint = f"{host}:{runner.addresses[0][1]}"
+        self.endpoint = self.config.endpoint if unix else f"{host}:{runner.addresses[0][1]}"
 
     async def shutdown(self) -> None:
         if self._runner is not None:
@@ -82,7 +86,7 @@ class AdminServer:
         sections = {name: section() for name, section in self.health_sections.items()}
         if self.state != "running":
             status, code = "unavailable", 503
-        elif any(s["status"] == "failing" for s in (*sinks.values(), *sections.values())):
+        elif any(s["status"] in ("failing", "full") for s in (*sinks.values(), *sections.values())):
             status, code = "degraded", 200
         else:
             status, code = "ok", 200

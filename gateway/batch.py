@@ -18,6 +18,7 @@ work on those spans only, without reading attributes again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,11 @@ from gateway.otlp.signals import TRACES, Signal, count_spans
 
 if TYPE_CHECKING:
     from gateway.llm.call import LlmCall
+
+# The loop guard: every export an otlp sink sends names the otelgate instances its data passed
+# through in this header (gRPC metadata or HTTP); a receiver that finds its own id drops it.
+VIA_HEADER = "x-otelgate-via"
+INSTANCE_ID = os.urandom(8).hex()  # this process; a restart is a new instance
 
 
 @dataclass(slots=True)
@@ -40,6 +46,7 @@ class RequestContext:
     # Langfuse credentials (public key, secret key) the sender authenticated with on the Langfuse
     # path; a `langfuse` sink with `forward_credentials` sends with them.
     credentials: tuple[str, str] | None = field(default=None, repr=False)
+    via: tuple[str, ...] = ()  # otelgate instances the data already passed through (VIA_HEADER)
 
 
 @dataclass(slots=True)

@@ -34,6 +34,7 @@ def _summary(config: Config) -> str:
                               "redacted" if route.redact else "",
                               f"sampled {route.sampling.head.percentage:g}%" if route.sampling else "") if x]
         lines.append(f"  {route.name}  {what}{' [' + ', '.join(extras) + ']' if extras else ''} -> {', '.join(route.sinks)}")
+    lines.append(f"processors: {', '.join(config.pipeline.running()) or 'none'}")
     if config.sampling.head is not None:
         lines.append(f"head sampling: {config.sampling.head.percentage:g}%")
     if config.sampling.tail is not None:
@@ -73,7 +74,20 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("config warning", warning=warning)
     log.info("starting", version=__version__, config=args.config or "<embedded default>")
 
-    from gateway.app import Gateway  # imported late: `check` stays fast and free of grpc
+    from gateway.service import worker_id
+
+    loader = None
+    if worker_id() is not None:  # started by a supervisor (service.workers > 1)
+        from gateway.service.workers import worker_setup
+        config, loader = worker_setup(config)
+    elif config.service.worker_count() > 1:
+        from gateway.service.workers import supervise
+        return supervise(config, args.config, args.log_format)
+    elif any(sc.queue.type == "disk" for sc in config.sinks.values()):
+        from gateway.service.workers import adopt_orphans
+        adopt_orphans(config, None, 1)  # disk queues left by workers of an earlier `service.workers`
+
+    from gateway.app import Gateway, StartError  # imported late: `check` stays fast and free of grpc
 
     try:
         import uvloop
@@ -82,7 +96,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(Gateway(config, config_path=args.config).run_until_signalled())
+        gateway = Gateway(config, config_path=args.config) if loader is None else \
+            Gateway(config, config_path=args.config, loader=loader)
+        runner(gateway.run_until_signalled())
+    except StartError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
     except OSError as exc:
         hint = {errno.EADDRINUSE: "another process holds the port: stop it or change the endpoint in the config",
                 errno.EACCES: "permission denied: check the file sink's path or use a port above 1023"}.get(exc.errno or 0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from gateway.batch import Batch
 from gateway.config import Config
@@ -74,6 +75,8 @@ class Pipeline:
         metrics.watch_queues(self._queue_rows)
 
     def _driver(self, name: str, cfg: object, signal: Signal) -> SinkDriver:
+        if hasattr(module := SINKS[cfg.type], "create_driver"):  # type: ignore[attr-defined]  # queues per backend
+            return module.create_driver(name, cfg, self.metrics, signal)  # type: ignore[no-any-return]
         sink = SINKS[cfg.type].create(name, cfg, signal)  # type: ignore[attr-defined]
         return SinkDriver(name, sink, cfg, self.metrics, signal)  # type: ignore[arg-type]
 
@@ -106,7 +109,11 @@ class Pipeline:
         started: list[SinkDriver] = []
         try:
             for driver in self.drivers.values():
-                await driver.start()
+                try:
+                    await driver.start()
+                except OSError as exc:  # name the sink: a bare errno line tells the user nothing
+                    raise OSError(exc.errno, f"sinks.{driver.name}: cannot start: {exc.strerror or exc}"
+                                  + (f": {exc.filename!r}" if exc.filename else "")) from exc
                 started.append(driver)
         except BaseException:
             await asyncio.gather(*(d.drain(0) for d in started), return_exceptions=True)
@@ -138,16 +145,32 @@ class Pipeline:
         if not deliveries:
             return  # counted by the router
         self._serialize_for_disk(deliveries)
+        fulls = []
         for part, targets in deliveries:
             full = [d for d in targets if not d.can_take(part)]
             if full and (len(full) == len(targets) or any(d.when_full == "refuse" for d in full)):
-                names = ", ".join(d.name for d in full)
-                raise Refused(f"sink queue full ({names}); retry later", retry_after=_RETRY_AFTER_S)
-        appends = [f for part, targets in deliveries for d in targets if (f := d.put(part)) is not None]
+                raise Refused(f"sink queue full ({_reasons(full)}); retry later", retry_after=_RETRY_AFTER_S)
+            fulls.append(full)
+        appends = [(i, d, f) for i, (part, targets) in enumerate(deliveries) for d in targets
+                   if d not in fulls[i] and (f := d.put(part)) is not None]
         if appends:
             # Answer only once the batch is in every disk queue's write-ahead log. A failed append
-            # is the driver's to count (the batch is dropped there); other sinks still deliver it.
-            await asyncio.gather(*appends, return_exceptions=True)
+            # is that sink's refusal: the request is refused if no target of a part took it (or the
+            # sink says `when_full: refuse`); otherwise that sink counts its copy as dropped.
+            # Shielded: a client that goes away must not cancel an append its disk thread is doing
+            # (the record would be in the log while its queue entry counted it as failed).
+            await asyncio.gather(*(asyncio.shield(f) for _, _, f in appends), return_exceptions=True)
+            failed = [(i, d, reason) for i, d, f in appends if (reason := d.append_failure(f)) is not None]
+            if failed:
+                for i, (part, targets) in enumerate(deliveries):
+                    mine = [d for j, d, _ in failed if j == i]
+                    if mine and (len(mine) + len(fulls[i]) == len(targets) or any(d.when_full == "refuse" for d in mine)):
+                        raise Refused(f"sink queue cannot write ({_reasons(mine)}); retry later", retry_after=_RETRY_AFTER_S)
+                for i, d, reason in failed:
+                    d.drop(deliveries[i][0].items, reason, d.last_error)
+        for (part, _), full in zip(deliveries, fulls):
+            for d in full:  # they drop (their copy, or their oldest data) and count it
+                d.put(part)
 
     def _deliver(self, batch: Batch) -> None:
         """Hand on what the trace buffer decided to keep: no client to refuse, so full queues drop."""
@@ -160,7 +183,7 @@ class Pipeline:
             for driver in targets:
                 appended = driver.put(part)
                 if appended is not None:
-                    appended.add_done_callback(_retrieve)
+                    appended.add_done_callback(partial(_count_failed_append, driver, part.items))
 
     @staticmethod
     def _serialize_for_disk(deliveries: list[Delivery]) -> None:
@@ -317,6 +340,12 @@ def _close(process: Processor) -> None:
         close()
 
 
-def _retrieve(future: "asyncio.Future[int]") -> None:
-    if not future.cancelled():
-        future.exception()  # the driver counted the failure; this keeps asyncio from warning
+def _count_failed_append(driver: SinkDriver, items: int, future: "asyncio.Future[int]") -> None:
+    """A batch the trace buffer released has no client to refuse: a failed append is a counted drop."""
+    reason = driver.append_failure(future)
+    if reason is not None:
+        driver.drop(items, reason, driver.last_error)
+
+
+def _reasons(drivers: Sequence[SinkDriver]) -> str:
+    return ", ".join(f"{d.name}: {d.full_reason}" if d.full_reason else d.name for d in drivers)

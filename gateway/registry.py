@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.processors import account, llm_metrics, normalize, price, redact
-from gateway.sinks import file, otlp
+from gateway.processors import account, feedback, llm_metrics, normalize, price, redact
+from gateway.sinks import file, loadbalancing, otlp
 from gateway.sinks.langfuse import sink as langfuse
 
 SINKS: dict[str, ModuleType] = {
@@ -23,6 +23,7 @@ SINKS: dict[str, ModuleType] = {
     "otlp": otlp,
     "jaeger": otlp.jaeger,
     "langfuse": langfuse,
+    "loadbalancing": loadbalancing,
 }
 
 PROCESSORS: dict[str, ModuleType] = {
@@ -30,5 +31,6 @@ PROCESSORS: dict[str, ModuleType] = {
     "price": price,
     "account": account,  # attribution (and usage rollups): after the cost is known, before the metrics label by app
     "llm_metrics": llm_metrics,
+    "feedback": feedback,  # logs: gen_ai.evaluation.result records (user feedback, scores)
     "redact": redact,  # last: the others read model names and counts, never the content it changes
 }

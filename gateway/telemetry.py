@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+import platform
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
+                               disable_created_metrics, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.samples import Sample
 from prometheus_client.registry import Collector
 
 # `*_created` series double the output and no dashboard reads them (the Collector has none).
@@ -21,6 +25,7 @@ disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+_SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 100.0)  # 0..1, 1-5 stars, 0-10; no negative bound, or prometheus-client hides _sum (-1 counts in le=0)
 _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 
 
@@ -41,6 +46,45 @@ class _QueueGauges(Collector):
         yield capacity
 
 
+class _SentChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class SentCounter(Collector):
+    """`otelgate_sink_sent_*_total{sink}`, and `{sink, backend}` for the backends of a
+    loadbalancing sink: one family whose series carry a `backend` label only where there is one
+    (prometheus-client's Counter needs one label set per family)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._children: dict[tuple[str, str | None], _SentChild] = {}
+        registry.register(self)
+
+    def labels(self, sink: str, backend: str | None = None) -> _SentChild:
+        key = (sink, backend)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _SentChild()
+        return child
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return [CounterMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation)
+        for (sink, backend), child in list(self._children.items()):
+            labels = {"sink": sink} if backend is None else {"sink": sink, "backend": backend}
+            family.samples.append(Sample(self._name + "_total", labels, child.value))
+        yield family
+
+
 ITEMS = {"traces": "spans", "logs": "log_records", "metrics": "metric_points"}
 
 
@@ -58,7 +102,7 @@ class SignalCounters:
             f"otelgate_receiver_rejected_{items}", f"{what} rejected as invalid (reported in partial_success) or over a limit "
             "(the whole request); not retryable",
             ["protocol", "reason"], registry=r)
-        self.sink_sent = Counter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", ["sink"], registry=r)
+        self.sink_sent = SentCounter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", r)
         self.sink_failed = Counter(
             f"otelgate_sink_failed_{items}", f"{what} in send attempts that failed (they may be retried)", ["sink"], registry=r)
         self.sink_dropped = Counter(
@@ -73,6 +117,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        from gateway import __version__
+
+        Info("otelgate_build", "The otelgate build running", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
         # Per signal, as the Collector names them: ..._spans, ..._log_records, ..._metric_points.
         self.signals = {signal: SignalCounters(items, r) for signal, items in ITEMS.items()}
         traces = self.signals["traces"]
@@ -87,6 +135,16 @@ class Metrics:
             "otelgate_receiver_truncated_spans", "Spans accepted after cutting them to a limit", ["protocol", "limit"], registry=r)
         self.receiver_requests = Counter(
             "otelgate_receiver_requests", "Export requests by outcome", ["protocol", "outcome"], registry=r)
+        self.receiver_connections_closed = Counter(
+            "otelgate_receiver_connections_closed", "Connections the gateway closed or refused: header_timeout, "
+            "idle_timeout, too_many_connections", ["protocol", "reason"], registry=r)
+        self.receiver_open_connections = Gauge(
+            "otelgate_receiver_open_connections", "Connections open on a receiver", ["protocol"], registry=r)
+        self.receiver_in_flight = Gauge(
+            "otelgate_receiver_in_flight_requests", "Export requests being processed (admission control's count)",
+            ["protocol"], registry=r)
+        # process_open_fds, process_max_fds, process_resident_memory_bytes, process_cpu_seconds_total
+        ProcessCollector(registry=r)
         self.receiver_request_duration = Histogram(
             "otelgate_receiver_request_duration_seconds", "Time from request received to response, per protocol",
             ["protocol"], buckets=_LATENCY_BUCKETS, registry=r)
@@ -110,7 +168,8 @@ class Metrics:
             "otelgate_config_reloads", "Config reloads by outcome", ["outcome"], registry=r)
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
         self.llm_requests = Counter(
-            "otelgate_llm_requests", "LLM provider calls", ["service", "provider", "model", "operation", "status"], registry=r)
+            "otelgate_llm_requests", "LLM provider calls; model: the requested model, response_model: the one that answered "
+            "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status"], registry=r)
         self.llm_tokens = Counter(
             "otelgate_llm_tokens", "Tokens of LLM calls by type (input includes cache; output includes reasoning)",
             ["service", "provider", "model", "type"], registry=r)
@@ -122,6 +181,14 @@ class Metrics:
             buckets=_LLM_BUCKETS, registry=r)
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
+
+        # User feedback and evaluation scores (gen_ai.evaluation.result log records); processors/feedback.py.
+        self.llm_feedback = Counter(
+            "otelgate_llm_feedback", "Feedback and evaluation results by app, evaluation name and label",
+            ["app", "name", "label"], registry=r)
+        self.llm_feedback_score = Histogram(
+            "otelgate_llm_feedback_score", "Scores of feedback and evaluation results (gen_ai.evaluation.score.value)",
+            ["app", "name"], buckets=_SCORE_BUCKETS, registry=r)
 
         self.redactions = Counter(
             "otelgate_redactions", "Values redacted, by detector kind or content action (content_drop, content_hash, "

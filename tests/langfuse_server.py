@@ -22,6 +22,14 @@ in `createAuthedProjectAPIRoute` / `withMiddlewares`:
 * accepted exports are answered 200 with a JSON body (Langfuse answers JSON, not an OTLP
   protobuf response).
 
+and `POST /api/public/scores` (web/src/pages/api/public/scores/index.ts, `PostScoresBody`):
+the same Basic auth; a JSON body (400 `{"message": "Invalid request data", ...}` otherwise) with
+`name` (string), `value` (number, or string for `CATEGORICAL`), one of `traceId` / `sessionId` /
+`datasetRunId`, `dataType` one of NUMERIC, CATEGORICAL, BOOLEAN (a NUMERIC or BOOLEAN value must
+be a number, BOOLEAN 0 or 1, CATEGORICAL a string), optional string `id`, `observationId`,
+`comment`, `configId`, `environment` and object `metadata`; answered 200 `{"id": ...}`. Langfuse
+upserts scores by id: `scores` keeps the last body per id (`score_posts` counts every post).
+
 Scripted failures: `fail_next(n, status=429, retry_after=1)` answers the next `n` authenticated
 requests with that status (429 carries `Retry-After`, as Langfuse's rate limiter sends it).
 Auth is checked first, then the script, then the body: Langfuse authenticates before rate
@@ -47,6 +55,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -54,6 +63,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from gateway.otlp.json_codec import decode_traces
 
 PATH = "/api/public/otel/v1/traces"
+SCORES_PATH = "/api/public/scores"
+_SCORE_KEYS = {"id", "name", "value", "traceId", "sessionId", "datasetRunId", "observationId", "comment", "dataType",
+               "configId", "environment", "metadata", "queueId"}
 DEFAULT_PUBLIC_KEY = "pk-lf-test-0001"
 DEFAULT_SECRET_KEY = "sk-lf-test-0001"
 CLOUD_MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -87,6 +99,8 @@ class LangfuseServer:
     def __post_init__(self) -> None:
         self.received: list[Received] = []
         self.rejected: list[tuple[int, str]] = []
+        self.scores: dict[str, dict[str, Any]] = {}
+        self.score_posts = 0
         self._script = _Script()
         self._runner: web.AppRunner | None = None
         self._lock = threading.Lock()  # the thread mode reads `received` from another thread
@@ -185,8 +199,54 @@ class LangfuseServer:
             return "Invalid credentials"
         return None
 
+    def _check_score(self, body: Any) -> str | None:
+        """None when `body` is a valid PostScoresBody, else what is wrong."""
+        if not isinstance(body, dict):
+            return "Expected object"
+        unknown = set(body) - _SCORE_KEYS
+        if unknown:  # not an error in Langfuse (zod strips them), but nothing we send should carry them
+            return f"unexpected keys {sorted(unknown)}"
+        if not isinstance(body.get("name"), str) or not body["name"]:
+            return "name: Required"
+        if not any(isinstance(body.get(k), str) and body[k] for k in ("traceId", "sessionId", "datasetRunId")):
+            return "one of traceId, sessionId, datasetRunId is required"
+        for key in ("id", "traceId", "sessionId", "observationId", "comment", "configId", "environment"):
+            if key in body and not isinstance(body[key], str):
+                return f"{key}: Expected string"
+        if "metadata" in body and not isinstance(body["metadata"], dict):
+            return "metadata: Expected object"
+        value, data_type = body.get("value"), body.get("dataType")
+        if data_type not in (None, "NUMERIC", "CATEGORICAL", "BOOLEAN"):
+            return f"dataType: Invalid enum value {data_type!r}"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if data_type in ("NUMERIC", "BOOLEAN") and not number:
+            return "value: Expected number"
+        if data_type == "BOOLEAN" and value not in (0, 1):
+            return "value: a BOOLEAN score is 0 or 1"
+        if data_type == "CATEGORICAL" and not isinstance(value, str):
+            return "value: Expected string"
+        if data_type is None and not (number or isinstance(value, str)):
+            return "value: Expected number or string"
+        return None
+
+    async def _score(self, request: web.Request) -> web.Response:
+        if "application/json" not in request.headers.get("Content-Type", ""):
+            return self._reject(400, {"message": "Invalid request data", "error": "Content-Type must be application/json"})
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._reject(400, {"message": "Invalid request data", "error": "body is not JSON"})
+        problem = self._check_score(body)
+        if problem is not None:
+            return self._reject(400, {"message": "Invalid request data", "error": problem})
+        score_id = body.get("id") or f"generated-{len(self.scores)}"
+        with self._lock:
+            self.scores[score_id] = body
+            self.score_posts += 1
+        return web.json_response({"id": score_id})
+
     async def _handle(self, request: web.Request) -> web.Response:
-        if request.path != PATH:
+        if request.path not in (PATH, SCORES_PATH):
             return self._reject(404, {"message": "Not found"})
         if request.method != "POST":
             return self._reject(405, {"message": f"Method {request.method} not allowed"})
@@ -204,6 +264,8 @@ class LangfuseServer:
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
             message = "Rate limit exceeded" if status == 429 else "Service Unavailable"
             return self._reject(status, {"message": message}, headers)
+        if request.path == SCORES_PATH:
+            return await self._score(request)
 
         if self.max_body_bytes is not None and (request.content_length or 0) > self.max_body_bytes:
             return self._reject(413, {"message": "Request Entity Too Large"})

@@ -38,7 +38,7 @@ sinks:
         "admin.endpont: unknown key",
         "sinks.traces.rotate_bytes: expected a size",
         "sinks.traces.formt: unknown key",
-        "sinks.traces.compress: Input should be 'none' or 'gzip'",
+        "sinks.traces.compress: expected 'none' or 'gzip', got 'zip'",
         "sinks.other.type: unknown sink type 'kafka'; expected one of: file, otlp, jaeger, langfuse",
         "sinks.notype.type: required",
     ]:
@@ -81,7 +81,8 @@ def test_env_expansion(tmp_path: Path) -> None:
     assert parse("sinks: {a: {type: file, path: 'cost$$'}}", environ={}).sinks["a"].path == "cost$"
     with pytest.raises(ConfigError) as err:
         parse("sinks: {a: {type: file, path: '${env:MISSING_DIR}/x'}}", environ={})
-    assert err.value.errors == ["sinks.a.path: environment variable MISSING_DIR is not set"]
+    assert err.value.errors == ["sinks.a.path: environment variable MISSING_DIR is not set "
+                                "(or give a default: ${env:MISSING_DIR:-value})"]
 
 
 def test_check_reports_unset_variable(tmp_path: Path) -> None:
@@ -91,12 +92,12 @@ def test_check_reports_unset_variable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("sinks: [1, 2]", "sinks: Input should be a valid dictionary"),
+    ("sinks: [1, 2]", "sinks: expected a mapping of sink name to sink settings, got [1, 2]"),
     ("- a\n- b", "the top level must be a mapping"),
     ("sinks: {a: {type: file}}\nsinks: {}", "duplicate key 'sinks'"),
     ("sinks: {a: {type: file", "not valid YAML"),
     ("receivers: {}\nsinks: {a: {type: file}}", "receivers: enable at least one receiver"),
-    ("sinks: {}", "sinks: Dictionary should have at least 1 item"),
+    ("sinks: {}", "sinks: define at least one sink"),
     ("sinks: {a: {type: file, batch: {max_delay: soon}}}", "sinks.a.batch.max_delay: expected a duration"),
     ("sinks: {a: {type: file, retry: {initial: 1m, max: 5s}}}", "sinks.a.retry: retry.initial must not exceed retry.max"),
     ("sinks: {a: {type: file, queue: {when_full: block}}}", "sinks.a.queue.when_full"),

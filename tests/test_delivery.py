@@ -145,6 +145,8 @@ def test_backoff_grows_with_jitter_and_respects_server_hint() -> None:
     assert 0.5 <= delays[0] <= 1.5
     assert all(d <= 8.0 for d in delays)
     assert _backoff(1, 1.0, 8.0, 20.0) == 20.0
+    # A hint shorter than the grown backoff decides too: a backend that says "in 1 s" is tried in 1 s.
+    assert _backoff(6, 1.0, 8.0, 1.0) == 1.0
 
 
 def _pipeline(text: str) -> tuple[Pipeline, dict[str, ScriptedSink], Metrics]:

@@ -88,3 +88,41 @@ def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
             assert orjson.loads(line)["resourceSpans"]
         assert len(data) <= 20 * 1024 or len(data.splitlines()) == 1
     assert "file rotated" in gw.log_text()
+
+
+def test_a_fifo_or_device_is_never_rotated(tmp_path: Path) -> None:
+    """`path: /dev/null` (or a pipe) past `rotate_bytes` must stay what it is: renaming /dev/null
+    once replaced the machine's null device with a plain file."""
+    import os
+    import stat as stat_
+    import threading
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    received = bytearray()
+    stop = threading.Event()
+
+    def read() -> None:
+        with open(fifo, "rb", buffering=0) as f:
+            while not stop.is_set():
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    break
+                received.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    config = gateway_config(tmp_path, path=str(fifo), rotate_bytes="4KiB", keep=1,
+                            batch={"max_spans": 1, "max_delay": "0s"})
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    bodies = _all_bodies()
+    _send_all(gw, bodies)
+    total = sum(count_spans(trace_service_pb2.ExportTraceServiceRequest.FromString(b)) for b in bodies)
+    sent = lambda: float(requests.get(f"{gw.admin}/metrics", timeout=5).text.split('otelgate_sink_sent_spans_total{sink="out"} ')[1].split()[0])
+    wait_for(lambda: sent() == total)
+    assert gw.stop() == 0
+    stop.set()
+    reader.join(5)
+    assert stat_.S_ISFIFO(os.stat(fifo).st_mode)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("pipe-")]  # nothing renamed
+    assert len(received) > 4 * 1024 and "file rotated" not in gw.log_text()

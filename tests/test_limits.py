@@ -232,9 +232,9 @@ def test_limit_config_errors() -> None:
             parse(f"sinks: {{out: {{type: file, path: /tmp/x}}}}\nlimits: {limits}\n")
         return err.value.errors
 
-    assert errors("{max_anyvalue_depth: 31}") == ["limits.max_anyvalue_depth: Input should be less than or equal to 30"]
-    assert errors("{action: drop}") == ["limits.action: Input should be 'truncate' or 'reject'"]
-    assert errors("{max_attribute_value_bytes: 0}") == ["limits.max_attribute_value_bytes: Input should be greater than 0"]
+    assert errors("{max_anyvalue_depth: 31}") == ["limits.max_anyvalue_depth: must be less than or equal to 30, got 31"]
+    assert errors("{action: drop}") == ["limits.action: expected 'truncate' or 'reject', got 'drop'"]
+    assert errors("{max_attribute_value_bytes: 0}") == ["limits.max_attribute_value_bytes: must be greater than 0, got 0"]
     assert errors("{max_span: 3}") == ["limits.max_span: unknown key"]
     assert parse("sinks: {out: {type: file, path: /tmp/x}}\nlimits: {max_attribute_value_bytes: 64KiB}\n"
                  ).limits.max_attribute_value_bytes == 65536

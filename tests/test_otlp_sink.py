@@ -328,6 +328,7 @@ def test_delivers_with_gzip_and_custom_headers(receiver: Receiver, run_gateway: 
         assert got.headers["authorization"] == "Bearer x"
         assert got.headers["x-tenant"] == "t1"
         assert got.headers["user-agent"].startswith("otelgate/")
+        assert len(got.headers["x-otelgate-via"]) == 16  # the loop guard's mark: this instance's id
         if protocol == "http":  # compressed on the wire
             assert got.headers["content-encoding"] == "gzip"
             assert int(got.headers["wire-bytes"]) < got.size / 2
@@ -545,6 +546,7 @@ def test_tls_with_a_private_ca(tmp_path: Path, run_gateway: Any, protocol: str) 
 
 def test_config_defaults_and_jaeger() -> None:
     config = parse("""
+receivers: {grpc: {endpoint: "127.0.0.1:14317"}, http: {endpoint: "127.0.0.1:14318"}}  # the defaults would loop
 sinks:
   j: {type: jaeger}
   jh: {type: jaeger, protocol: http}
@@ -628,7 +630,7 @@ class _FakeSink(otlp.OtlpSink):
         self.bodies: list[bytes] = []
         self._session = None
 
-    async def _send_grpc(self, body: bytes) -> tuple[int, str]:
+    async def _send_grpc(self, body: bytes, via: str) -> tuple[int, str]:
         self.bodies.append(body)
         answer = self.answers.pop(0) if self.answers else (0, "")
         if isinstance(answer, Exception):

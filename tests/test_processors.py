@@ -47,7 +47,7 @@ def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
 
 def test_default_chain_order() -> None:
     config = parse("sinks: {a: {type: file}}", environ={})
-    assert list(PROCESSORS) == ["normalize", "price", "account", "llm_metrics", "redact"]
+    assert list(PROCESSORS) == ["normalize", "price", "account", "llm_metrics", "feedback", "redact"]
     assert len(build_processors(config, Metrics())) == 4  # redact is off by default
     off = parse("sinks: {a: {type: file}}\npipeline: {normalize: {enabled: false}, price: {enabled: false}}", environ={})
     assert len(build_processors(off, Metrics())) == 2
@@ -103,7 +103,7 @@ def test_llm_metrics_count_unpriced_and_errors() -> None:
     get = metrics.registry.get_sample_value
     assert get("otelgate_llm_unpriced_spans_total", {"provider": "openai", "model": "mystery"}) == 1
     assert get("otelgate_llm_requests_total", {"service": "svc", "provider": "openai", "model": "gpt-4o",
-                                               "operation": "chat", "status": "error"}) == 1
+                                               "response_model": "", "operation": "chat", "status": "error"}) == 1
     assert get("otelgate_llm_cost_usd_total", {"service": "svc", "provider": "openai", "model": "gpt-4o", "source": "computed"}) is None
 
 

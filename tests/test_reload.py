@@ -122,7 +122,8 @@ def test_invalid_change_is_rejected_shown_on_health_and_the_old_config_keeps_wor
         wait_for(lambda: _health(gw)["config"]["last_error"])
         health = _health(gw)["config"]
         assert health["generation"] == 1
-        assert "sinks.a.pathh: unknown key" in health["last_error"]
+        assert health["last_error"] == ["sinks.a.pathh: unknown key; did you mean 'path'?",
+                                        "routes[0].sinks[0]: no sink named 'nope' (sinks: a)"]  # every error at once
         assert "config reload rejected; the running config stays" in gw.log_text()
         _write(gw, "sinks: [unclosed")
         wait_for(lambda: "not valid YAML" in str(_health(gw)["config"]["last_error"]))
@@ -194,5 +195,51 @@ def test_api_keys_reload_with_the_config(tmp_path: Path) -> None:
         wait_for(lambda: _health(gw)["config"]["generation"] == 2)
         assert post("old-key-0123456789") == 401 and post("new-key-0123456789") == 200
         assert "old-key-0123456789" not in gw.log_text() and "new-key-0123456789" not in gw.log_text()
+    finally:
+        assert gw.stop() == 0
+
+
+def test_a_binary_config_file_is_a_rejected_reload_and_the_watcher_lives_on(tmp_path: Path) -> None:
+    """A non-UTF-8 file once killed the watcher silently: no log, no /health error, later edits ignored."""
+    gw = GatewayProcess(_config(tmp_path, {"a": {}}), tmp_path).wait_ready()
+    try:
+        assert gw.config_path is not None
+        gw.config_path.write_bytes(b"\xff\xfe\x00binary\x89PNG\r\n")
+        wait_for(lambda: _health(gw)["config"]["last_error"])
+        assert "not a text file" in _health(gw)["config"]["last_error"][0]
+        assert metric(gw.admin, "otelgate_config_reloads_total", outcome="invalid") == 1
+        assert "config reload rejected" in gw.log_text()
+        gw.config_path.unlink()
+        gw.config_path.mkdir()  # a directory where the file was: rejected too
+        wait_for(lambda: "cannot read" in str(_health(gw)["config"]["last_error"]))
+        gw.config_path.rmdir()
+        _write(gw, _config(tmp_path, {"a": {}, "b": {}}))  # the watcher still sees edits
+        wait_for(lambda: _health(gw)["config"]["generation"] == 2)
+        assert _health(gw)["config"]["last_error"] is None
+        assert "Traceback" not in gw.log_text()
+    finally:
+        assert gw.stop() == 0
+
+
+def test_a_reload_changing_listeners_shows_restart_required(tmp_path: Path) -> None:
+    config = _config(tmp_path, {"a": {}})
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    try:
+        assert _health(gw)["config"]["restart_required"] is None
+        changed = _config(tmp_path, {"a": {}, "b": {}})
+        changed["receivers"]["http"]["endpoint"] = "127.0.0.1:1"
+        changed["receivers"]["grpc"]["max_message_bytes"] = "1MiB"
+        changed["admin"]["endpoint"] = "127.0.0.1:2"
+        _write(gw, changed)
+        wait_for(lambda: _health(gw)["config"]["generation"] == 2)
+        pending = _health(gw)["config"]["restart_required"]
+        assert "receivers.http.endpoint: running '127.0.0.1:0', the file says '127.0.0.1:1'" in pending
+        assert "receivers.grpc.max_message_bytes: running 4194304, the file says 1048576" in pending
+        assert "admin.endpoint: running '127.0.0.1:0', the file says '127.0.0.1:2'" in pending
+        assert len(pending) == 3
+        assert requests.post(f"{gw.http}/v1/traces", data=_body(1), headers=PROTO, timeout=5).status_code == 200
+        _write(gw, _config(tmp_path, {"a": {}}))  # back to what runs: nothing pending
+        wait_for(lambda: _health(gw)["config"]["generation"] == 3)
+        assert _health(gw)["config"]["restart_required"] is None
     finally:
         assert gw.stop() == 0

@@ -276,7 +276,7 @@ def test_tail_mistakes_are_named() -> None:
         "sampling.tail.policies[0].threshold: required",
         "sampling.tail.policies[1].type: unknown policy type 'nope'; expected one of: error, latency, cost, tokens, "
         "attribute, probabilistic, rate_limit",
-        "sampling.tail.policies[2].threshold_usd: Input should be greater than or equal to 0",
+        "sampling.tail.policies[2].threshold_usd: must be greater than or equal to 0, got -1",
     ]
     with pytest.raises(ConfigError) as exc:
         parse("sinks: {a: {type: file}}\nsampling:\n  tail:\n    policies:\n"

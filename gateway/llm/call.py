@@ -30,6 +30,7 @@ INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 CACHE_WRITE_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+CACHE_WRITE_TOKENS_NEXT = "gen_ai.usage.cache_write.input_tokens"  # the rename; see normalize `semconv`
 REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
 
 # Markers written by otelgate.
@@ -40,6 +41,9 @@ PROVIDER_INFERRED = "otelgate.provider.inferred"
 
 # Written by the pricer.
 COST = "gen_ai.usage.cost"  # USD total; Langfuse and OpenLIT read this key
+COST_AMOUNT = "gen_ai.usage.cost.amount"  # the proposed semconv cost: amount, currency, source
+COST_CURRENCY = "gen_ai.usage.cost.currency"
+COST_SOURCE_SEMCONV = "gen_ai.usage.cost.source"
 COST_INPUT = "otelgate.cost.input_usd"
 COST_OUTPUT = "otelgate.cost.output_usd"
 COST_SOURCE = "otelgate.cost.source"  # computed | override | reported | unknown

@@ -96,6 +96,8 @@ def _canonical(raw: str) -> str | None:
     s = raw.strip().lower()
     if s in _ALIASES:
         return _ALIASES[s]
+    if s.count("/") == 2:  # Dify's plugin ids, <org>/<plugin>/<provider>: the plugin names the API
+        return _canonical(s.split("/")[1])  # langgenius/openai/openai, langgenius/gemini/google -> gcp.gemini
     if s.startswith("google.vertex") or s.startswith("vertex."):
         return "gcp.vertex_ai"
     if s.startswith("google.generative") or s.startswith("google.gemini"):

@@ -50,6 +50,7 @@ class LlmMetrics:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._m = metrics
         self._model = _Capped(config.max_models)
+        self._response_model = _Capped(config.max_models)
         self._service = _Capped(config.max_services)
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -68,8 +69,14 @@ class LlmMetrics:
 
     def _record(self, call: LlmCall) -> None:
         m, child = self._m, self._child
-        service, provider, model = self._service(call.service), call.provider or UNKNOWN, self._model(call.model)
-        child(m.llm_requests, service, provider, model, call.operation or UNKNOWN, "error" if call.error else "ok").inc()
+        # `model` is what the caller asked for, on every series and whether the call failed or not
+        # (a failed call has no response model), so errors / requests by model is one PromQL
+        # division. The model that answered is `response_model`, on the request counter only.
+        model = self._model(call.request_model or call.response_model)
+        service, provider = self._service(call.service), call.provider or UNKNOWN
+        answered = self._response_model(call.response_model) if call.response_model else ""
+        child(m.llm_requests, service, provider, model, answered, call.operation or UNKNOWN,
+              "error" if call.error else "ok").inc()
         for kind, count in (("input", call.input_tokens), ("output", call.output_tokens),
                             ("cache_read", call.cache_read_tokens), ("cache_write", call.cache_write_tokens),
                             ("reasoning", call.reasoning_tokens)):

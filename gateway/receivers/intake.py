@@ -15,7 +15,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from gateway.batch import Batch, RequestContext, count_spans
+from gateway.batch import INSTANCE_ID, VIA_HEADER, Batch, RequestContext, count_spans
 from gateway.config import Config
 from gateway.errors import Refused
 from gateway.logs import get_logger
@@ -29,8 +29,50 @@ from gateway.telemetry import Metrics
 # match it with `tenant:`. With `auth:` it is ignored: the API key names the tenant.
 TENANT_HEADER = "x-otelgate-tenant"
 _REFUSAL_LOG_EVERY_S = 10.0  # a client retrying with a bad key must not flood the log
+_LOOP_LOG_EVERY_S = 600.0  # a loop repeats every export: one warning, then the counter says it
 
 _log = get_logger("receiver")
+
+
+# In-flight requests one receiver processes at once when `max_in_flight_requests` is 0. Measured
+# (tests/bench/bench_overload.py, RESULTS.md): a request of 100-500 spans takes 3-20 ms of the
+# event loop from body to queue on the project's VM, so 32 in progress bound the wait for a slot
+# to well under a second, while 8 in flight already keep the gateway's core busy (the closed-loop
+# maximum in that benchmark); a higher bound only adds latency, a lower one risks idling.
+DEFAULT_MAX_IN_FLIGHT = 32
+
+
+class Admission:
+    """Admission control for one receiver: a bound on requests and bytes in progress, checked before
+    the body is decoded, so under overload the gateway refuses at once (cheap) instead of queueing
+    work it cannot finish in time (latency for everyone, then client timeouts, and retries that
+    duplicate what was written after the client gave up).
+
+    (Refusing also while the event loop runs late was tried: a sink encoding a large batch makes
+    the loop late too, and goodput under 3x overload fell from 0.73 to 0.24 of the maximum.)"""
+
+    __slots__ = ("max_requests", "max_bytes", "requests", "bytes", "_gauge")
+
+    def __init__(self, max_requests: int, max_bytes: int, gauge: Any = None) -> None:
+        self.max_requests = max_requests or DEFAULT_MAX_IN_FLIGHT
+        self.max_bytes = max_bytes
+        self.requests = 0
+        self.bytes = 0
+        if gauge is not None:
+            gauge.set_function(lambda: self.requests)
+
+    def enter(self, size: int) -> bool:
+        """Take a slot for a request of `size` bytes, or False (refuse it). One request always fits."""
+        if self.requests and (self.requests >= self.max_requests or
+                              (self.max_bytes and self.bytes + size > self.max_bytes)):
+            return False
+        self.requests += 1
+        self.bytes += size
+        return True
+
+    def leave(self, size: int) -> None:
+        self.requests -= 1
+        self.bytes -= size
 
 
 @dataclass(slots=True)
@@ -47,6 +89,15 @@ class Intake:
         self.limits: Limits | None = None
         self._refusals_unlogged = 0
         self._refusal_logged_at = float("-inf")
+        self._loop_logged_at = float("-inf")
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    def overloaded(self, protocol: str) -> None:
+        """Count a request admission control refused (before its body was read or decoded)."""
+        self._metrics.receiver_requests.labels(protocol, "overloaded").inc()
 
     def configure(self, config: Config) -> None:
         """Take the key set and the limits from `config` (at start, and on each reload)."""
@@ -63,15 +114,16 @@ class Intake:
         at most the key's fingerprint); without, the `x-otelgate-tenant` header, if any.
         """
         auth = self.auth
+        via = _via(header(VIA_HEADER))
         if auth is None:
-            return RequestContext(protocol, tenant=header(TENANT_HEADER))
+            return RequestContext(protocol, tenant=header(TENANT_HEADER), via=via)
         try:
             tenant = auth.tenant(header(auth.header))
         except Unauthenticated as exc:
             self._metrics.receiver_requests.labels(protocol, "unauthenticated").inc()
             self._log_refusal(protocol, exc)
             raise
-        return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute)
+        return RequestContext(protocol, tenant=tenant, tenant_attribute=auth.tenant_attribute, via=via)
 
     def identify_langfuse(self, protocol: str, header: Callable[[str], str | None]) -> RequestContext:
         """Who sent a request on the Langfuse-compatible path: its Basic auth key pair.
@@ -113,6 +165,8 @@ class Intake:
         protocol = context.protocol
         m = self._metrics
         counters = m.signals[signal.name]
+        if context.via and INSTANCE_ID in context.via:
+            return self._looped(request, context, signal)
         limits = self.limits
         if limits is not None and signal is not TRACES and limits.max_spans is not None:
             # The count limit holds for every signal (log records, metric points); the others are span limits.
@@ -151,12 +205,35 @@ class Intake:
         m.receiver_requests.labels(protocol, "partial" if rejected else "accepted").inc()
         return Accepted(rejected, message)
 
+    def _looped(self, request: Any, context: RequestContext, signal: Signal) -> Accepted:
+        """Data this instance already handled came back (a sink points at this gateway, or at
+        another otelgate that sends back): drop it, count it, warn (rate-limited), and answer with
+        partial success so the sender counts it as rejected instead of retrying."""
+        items = signal.count(request)
+        self._metrics.signals[signal.name].receiver_rejected.labels(context.protocol, "loop").inc(items)
+        self._metrics.receiver_requests.labels(context.protocol, "loop").inc()
+        now = time.monotonic()
+        if now - self._loop_logged_at >= _LOOP_LOG_EVERY_S:
+            _log.warning("data came back to the otelgate instance that already handled it; dropped (a sink sends "
+                         "to this gateway, directly or through another otelgate): fix that sink's endpoint",
+                         protocol=context.protocol, items=str(items), via=",".join(context.via))
+            self._loop_logged_at = now
+        return Accepted(items, f"loop: this data already passed through otelgate instance {INSTANCE_ID}; dropped")
+
     def malformed(self, protocol: str, outcome: str) -> None:
         """Count a request that could not be read at all (bad payload, too large, wrong type)."""
         self._metrics.receiver_requests.labels(protocol, outcome).inc()
 
+    def rejected(self, protocol: str, reason: str, items: int, signal: Signal = TRACES) -> None:
+        """Count items a receiver refused before the pipeline (Langfuse events that do not validate)."""
+        self._metrics.signals[signal.name].receiver_rejected.labels(protocol, reason).inc(items)
+
     def observe_latency(self, protocol: str, seconds: float) -> None:
         self._metrics.receiver_request_duration.labels(protocol).observe(seconds)
+
+
+def _via(value: str | None) -> tuple[str, ...]:
+    return tuple(v for v in (p.strip() for p in value.split(",")) if v) if value else ()
 
 
 def describe_decode_error(exc: DecodeError, what: str, signal: Signal = TRACES) -> str:

@@ -8,6 +8,10 @@ Backpressure answers UNAVAILABLE (rate limits RESOURCE_EXHAUSTED) with a `RetryI
 which the OTLP spec and the SDK exporters read as "retry after this delay". With `auth:`, the key
 in the metadata is checked before the message is parsed (UNAUTHENTICATED); `limits:` refusals
 are INVALID_ARGUMENT, or RESOURCE_EXHAUSTED without `RetryInfo` (not retryable) for too many spans.
+
+Connections: `max_connection_idle` and `max_connection_age` are gRPC's own GOAWAY settings.
+Admission control (`max_in_flight_requests`, `_bytes`) answers UNAVAILABLE + RetryInfo before the
+message is parsed; an RPC the client has cancelled by then is not handed on.
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from gateway.batch import RequestContext
 from gateway.config import GrpcReceiverConfig
 from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
 from gateway.otlp.signals import SIGNALS, Signal
 from gateway.receivers.auth import Unauthenticated
-from gateway.receivers.intake import Intake, describe_decode_error
+from gateway.receivers.intake import Admission, Intake, describe_decode_error
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import grpc_server_credentials
+from gateway.service import worker_id
 
 PROTOCOL = "grpc"
 
@@ -46,13 +52,25 @@ class OtlpGrpcReceiver:
         self._server: grpc.aio.Server | None = None
         self.endpoint = config.endpoint
         self.tls_mode = "off" if config.tls is None else "mtls" if config.tls.mutual else "tls"
+        self.admission = Admission(config.max_in_flight_requests, config.max_in_flight_bytes,
+                                   intake.metrics.receiver_in_flight.labels(PROTOCOL))
 
     async def start(self) -> None:
-        limit = self.config.max_message_bytes
-        server = grpc.aio.server(options=[
+        config = self.config
+        limit = config.max_message_bytes
+        options = [
             ("grpc.max_receive_message_length", limit),
-            ("grpc.so_reuseport", 0),
-        ])
+            ("grpc.so_reuseport", 0 if worker_id() is None else 1),  # workers share the port
+        ]
+        if config.max_connection_idle:
+            options.append(("grpc.max_connection_idle_ms", int(config.max_connection_idle * 1000)))
+        if config.max_connection_age:
+            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
+            options.append(("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000)))
+        # grpc.aio queues every RPC it receives (message and all) until its handler runs: past a
+        # multiple of the admission bound, grpc itself answers RESOURCE_EXHAUSTED, so memory stays
+        # bounded even when the event loop is too busy to run handlers that would refuse them.
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max(64, 4 * self.admission.max_requests))
         server.add_generic_rpc_handlers(tuple(
             grpc.method_handlers_generic_handler(signal.grpc_method[1:].rsplit("/", 1)[0], {  # the service's full name
                 "Export": grpc.unary_unary_rpc_method_handler(partial(self._export, signal))})  # bytes in, bytes out
@@ -84,22 +102,39 @@ class OtlpGrpcReceiver:
                 request_context = self._intake.identify(PROTOCOL, metadata.get)
             except Unauthenticated as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            size = len(body)
+            if not self.admission.enter(size):
+                self._intake.overloaded(PROTOCOL)
+                message = (f"otelgate is at its limit of RPCs in progress (receivers.grpc.max_in_flight_requests "
+                           f"{self.admission.max_requests}); retry later")
+                code = grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, message, trailing_metadata=(
+                    ("grpc-status-details-bin", _status_details(code, message, 1.0)),))
             try:
-                export = signal.request.FromString(body)
-            except DecodeError as exc:
-                self._intake.malformed(PROTOCOL, "malformed")
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe_decode_error(exc, "message", signal))
-            try:
-                accepted = await self._intake.accept(export, request_context, body, signal)
-            except Refused as exc:
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else grpc.StatusCode.UNAVAILABLE
-                await context.abort(code, str(exc), trailing_metadata=(
-                    ("grpc-status-details-bin", _status_details(code, str(exc), exc.retry_after)),))
-            except LimitExceeded as exc:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if exc.too_large else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            return signal.response_for(accepted.rejected, accepted.error_message).SerializeToString()
+                return await self._accept(signal, body, context, request_context)
+            finally:
+                self.admission.leave(size)
         finally:
             self._intake.observe_latency(PROTOCOL, time.perf_counter() - started)
+
+    async def _accept(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext, request_context: RequestContext) -> bytes:
+        try:
+            export = signal.request.FromString(body)
+        except DecodeError as exc:
+            self._intake.malformed(PROTOCOL, "malformed")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe_decode_error(exc, "message", signal))
+        if context.cancelled():  # the client gave up (deadline, cancel): a retry brings it again
+            self._intake.malformed(PROTOCOL, "client_gone")
+            await context.abort(grpc.StatusCode.CANCELLED, "client went away")
+        try:
+            accepted = await self._intake.accept(export, request_context, body, signal)
+        except Refused as exc:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, str(exc), trailing_metadata=(
+                ("grpc-status-details-bin", _status_details(code, str(exc), exc.retry_after)),))
+        except LimitExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if exc.too_large else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return signal.response_for(accepted.rejected, accepted.error_message).SerializeToString()
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:

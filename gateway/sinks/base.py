@@ -21,6 +21,9 @@ class QueueConfig(StrictModel):
         "memory", description="disk: every accepted batch is in a write-ahead log before the client is answered.")
     max_spans: int = Field(100_000, gt=0, description="Capacity in spans, counting those being sent.")
     max_bytes: ByteSize = Field(1024**3, gt=0, description="disk: the write-ahead log's budget on disk.")
+    min_free_bytes: ByteSize = Field(
+        64 * 1024 * 1024, ge=0,
+        description="disk: refuse (as when full) rather than leave less than this free on the log's filesystem.")
     dir: str = Field("./otelgate-queue", description="disk: the log lives in <dir>/<sink name>/.")
     fsync: Literal["always", "batch", "never"] = Field(
         "batch", description="disk: batch = one fsync per accepted batch; always = also per acknowledgement; never = the OS decides.")

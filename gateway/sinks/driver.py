@@ -2,10 +2,16 @@
 
 Guarantees (what the README promises for every sink):
 - A span is counted `sent` only after its sink's `send` returned; `dropped` (with a reason) when
-  it will never be sent: `queue_full`, `permanent`, `retry_exhausted`, `error`, `shutdown`,
-  `disk_error`, or `rejected` (the server accepted the export but refused those spans: OTLP
-  partial success). Every span admitted to the queue ends in exactly one of the two, except
-  that a disk queue keeps what it could not deliver at shutdown for the next start.
+  it will never be sent: `queue_full`, `disk_full`, `disk_error`, `permanent`, `retry_exhausted`,
+  `error`, `shutdown`, or `rejected` (the server accepted the export but refused those
+  spans: OTLP partial success). Every span admitted to the queue ends in exactly one of the two,
+  except that a disk queue keeps what it could not deliver at shutdown for the next start.
+- A disk queue admits a batch only once it is in the log: an append that fails (budget, the
+  filesystem's free space less `queue.min_free_bytes`, ENOSPC, an I/O error) is this sink's
+  refusal of the request, never an acknowledged batch dropped later. The pipeline refuses the
+  request (503 / UNAVAILABLE) when no target took it; otherwise this sink counts its copy as
+  dropped (`disk_full` or `disk_error`) at admission. Room is checked again on every request,
+  so a queue that was full accepts by itself once space returns.
 - The queue is bounded in spans, counting spans being sent, so memory stays bounded while a
   sink is down; a disk queue is bounded in bytes on disk too. What happens when full is the
   sink's `queue.when_full`.
@@ -36,7 +42,7 @@ from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
 from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import Rejected, Sink, SinkConfig
-from gateway.sinks.wal import WalFull, WriteAheadLog
+from gateway.sinks.wal import WriteAheadLog, disk_free, is_disk_full
 from gateway.telemetry import Metrics
 
 _FAILING_AFTER_ATTEMPTS = 3
@@ -49,10 +55,13 @@ class _Entry:
     sequence: int | None = None  # in the write-ahead log, once appended
     appended: "asyncio.Future[int] | None" = None
     disk_bytes: int = 0  # what it holds of the disk budget until acknowledged
+    failed: bool = False  # its append failed: not in the log, not in the queue (the pipeline counts it)
 
 
 class SinkDriver:
-    def __init__(self, name: str, sink: Sink, config: SinkConfig, metrics: Metrics, signal: Signal = TRACES) -> None:
+    def __init__(self, name: str, sink: Sink, config: SinkConfig, metrics: Metrics, signal: Signal = TRACES,
+                 backend: str | None = None) -> None:
+        """`backend`: which of a loadbalancing sink's backends this driver sends to (a label of `sent`)."""
         self.name = name
         self.signal = signal
         self.key = driver_key(name, signal)
@@ -71,19 +80,26 @@ class SinkDriver:
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
         counters = metrics.signals[signal.name]
-        self._sent = counters.sink_sent.labels(name)
+        self._sent = counters.sink_sent.labels(name, backend)
         self._failed = counters.sink_failed.labels(name)
         self._dropped = counters.sink_dropped
         self._wal: WriteAheadLog | None = None
         self._disk: ThreadPoolExecutor | None = None
         self._disk_bytes = 0  # of admitted batches not yet acknowledged (appended or being appended)
+        self._writing = 0  # bytes handed to the disk thread, not yet appended
+        self._full: str | None = None  # why the queue refuses, while it does (shown on /health)
+        self._refused_size = (1, 0)  # (items, bytes on disk) of the last batch it could not take
+        self._retry_wait = asyncio.Event()  # set by drain(): cuts a disk queue's retry wait short
+        self._gave_up = False  # a disk queue stopped sending at close; the rest stays in the log
         if config.queue.type == "disk":
             # Disk is reclaimed a whole segment at a time: keep segments small next to the budget,
             # so dropping the oldest batches (or delivering them) frees space soon.
             segment = max(4096, min(16 * 1024 * 1024, config.queue.max_bytes // 8))
             log_dir = name if signal is TRACES else f"{name}.{signal.name}"
             self._wal = WriteAheadLog(Path(config.queue.dir) / log_dir, max_bytes=config.queue.max_bytes,
-                                      fsync=config.queue.fsync, segment_bytes=segment)
+                                      fsync=config.queue.fsync, segment_bytes=segment,
+                                      min_free_bytes=config.queue.min_free_bytes)
+            self._log_dir = Path(config.queue.dir) / log_dir
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{name}")
 
     @property
@@ -97,19 +113,43 @@ class SinkDriver:
         return self._depth
 
     def has_room(self, batch: Batch) -> bool:
-        """An empty queue always takes one batch, however large, so no request is refused forever."""
-        if self._closing:
-            return False
-        if self._depth == 0:
-            return True
-        if self._depth + batch.items > self.capacity:
-            return False
-        return self._wal is None or self._disk_room(batch)
+        """An empty queue always takes one batch, however large (short of a full filesystem), so no
+        request is refused forever."""
+        need = len(batch.serialized()) + _RECORD_OVERHEAD if self._wal else 0
+        self._full = self._room_problem(batch.items, need)
+        if self._full is not None:
+            self._refused_size = (batch.items, need)
+        return self._full is None
 
-    def _disk_room(self, batch: Batch) -> bool:
-        assert self._wal is not None
-        need = len(batch.serialized()) + _RECORD_OVERHEAD
-        return self._disk_bytes + need <= self.config.queue.max_bytes
+    def _room_problem(self, items: int, need: int) -> str | None:
+        """Why `items` (`need` bytes on disk) cannot be queued now, or None."""
+        if self._closing:
+            return "closing"
+        if self._wal is not None:
+            reserve = self.config.queue.min_free_bytes
+            try:
+                free = disk_free(self._log_dir) - self._writing
+            except OSError as exc:
+                return f"disk: cannot read the queue's filesystem: {exc}"
+            if need + reserve > free:
+                return (f"disk_full: the filesystem of {self._log_dir} has {max(free, 0)} bytes free, less than "
+                        f"this batch ({need}) plus queue.min_free_bytes ({reserve})")
+        if self._depth == 0:
+            return None
+        if self._depth + items > self.capacity:
+            return f"queue_full: {self._depth} of queue.max_spans {self.capacity} queued"
+        if self._wal is not None and self._disk_bytes + need > self.config.queue.max_bytes:
+            return f"queue_full: {self._disk_bytes} bytes queued on disk, budget queue.max_bytes {self.config.queue.max_bytes}"
+        return None
+
+    @property
+    def full_reason(self) -> str | None:
+        """Why the queue refused the last batch it could not take (None once it took one)."""
+        return self._full
+
+    def _full_reason(self) -> str:
+        """The drop reason label for the current refusal."""
+        return "disk_full" if self._full is not None and self._full.startswith("disk") else "queue_full"
 
     def can_take(self, batch: Batch) -> bool:
         """Room now, or room that `drop_oldest` can make by evicting batches not yet being sent."""
@@ -138,7 +178,7 @@ class SinkDriver:
                     self.drop(old.batch.items, "queue_full")
                     self._ack(old)
             if not self.has_room(batch):
-                self.drop(batch.items, "queue_full")
+                self.drop(batch.items, self._full_reason(), self._full)
                 return None
         entry = _Entry(batch)
         if self._wal is not None:
@@ -159,17 +199,44 @@ class SinkDriver:
         body = entry.batch.serialized()
         entry.disk_bytes = len(body) + _RECORD_OVERHEAD
         self._disk_bytes += entry.disk_bytes
+        self._writing += entry.disk_bytes
         future = asyncio.get_running_loop().run_in_executor(self._disk, self._wal.append, body, entry.batch.items)
 
         def appended(f: "asyncio.Future[int]") -> None:
+            self._writing -= entry.disk_bytes
             if not f.cancelled() and f.exception() is None:
                 entry.sequence = f.result()
-            else:  # not in the log: it no longer holds any of the budget
-                self._disk_bytes -= entry.disk_bytes
-                entry.disk_bytes = 0
+                return
+            # Not in the log: this sink did not take the batch. It leaves the queue and the budget;
+            # the pipeline refuses the request or counts this copy as dropped.
+            self._disk_bytes -= entry.disk_bytes
+            entry.disk_bytes = 0
+            entry.failed = True
+            try:
+                self._queue.remove(entry)
+                self._queued_spans -= entry.batch.items
+            except ValueError:
+                pass  # the worker has taken it; it skips failed entries
+            self._depth -= entry.batch.items
+            exc = f.exception() if not f.cancelled() else None
+            self.last_error = f"cannot append to the disk queue: {exc}"
+            if exc is not None and is_disk_full(exc):
+                self._full = f"disk_full: {exc}"
+                self._refused_size = (entry.batch.items, len(entry.batch.serialized()) + _RECORD_OVERHEAD)
+            self._log.warning("disk queue append failed; this sink did not take the batch", sink=self.key,
+                              count=entry.batch.items, error=str(exc))
 
         future.add_done_callback(appended)
         return future
+
+    def append_failure(self, future: "asyncio.Future[int]") -> str | None:
+        """The drop reason for a batch whose append (`future`, from `put`) failed, or None if it is in the log."""
+        if future.cancelled():
+            return "disk_error"
+        exc = future.exception()
+        if exc is None:
+            return None
+        return "disk_full" if is_disk_full(exc) else "disk_error"
 
     def _ack(self, entry: _Entry) -> None:
         """The entry is done (delivered or dropped): tell the log, on the disk thread, in order."""
@@ -178,10 +245,18 @@ class SinkDriver:
         if entry.sequence is not None:
             self._disk_bytes -= entry.disk_bytes
             entry.disk_bytes = 0
-            asyncio.get_running_loop().run_in_executor(self._disk, self._wal.ack, entry.sequence)
+            asyncio.get_running_loop().run_in_executor(self._disk, self._wal.ack, entry.sequence).add_done_callback(
+                self._acked)
         elif entry.appended is not None and not entry.appended.done():
             # Dropped before its append finished: acknowledge it once it has a sequence.
             entry.appended.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._ack(entry))
+
+    def _acked(self, future: "asyncio.Future[None]") -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            # The batch was delivered; only its acknowledgement is missing: it is sent again after a restart.
+            self.last_error = f"cannot write the disk queue's acknowledgement: {exc}"
+            self._log.error("disk queue ack failed; the batch may be delivered again after a restart",
+                            sink=self.key, error=str(exc))
 
     def drop(self, spans: int, reason: str, detail: str | None = None) -> None:
         if spans <= 0:
@@ -224,6 +299,7 @@ class SinkDriver:
         """
         self._closing = True
         self._wakeup.set()
+        self._retry_wait.set()
         if self._worker is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout)
@@ -249,14 +325,23 @@ class SinkDriver:
             self._disk.shutdown(wait=True)
 
     def health(self) -> dict[str, object]:
-        return {"status": self.status, "queue_depth": self._depth, "queue_capacity": self.capacity, "last_error": self.last_error}
+        """`full` (with the reason in `full_reason`) while the queue refuses; checked afresh, so it
+        clears as soon as the queue has room again."""
+        if self._full is not None:
+            self._full = self._room_problem(*self._refused_size)  # would the batch it refused fit now?
+        status = "full" if self._full is not None and not self._closing else self.status
+        out: dict[str, object] = {"status": status, "queue_depth": self._depth, "queue_capacity": self.capacity,
+                                  "last_error": self.last_error}
+        if status == "full":
+            out["full_reason"] = self._full
+        return out
 
     # -- worker ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         max_spans, max_delay = self.config.batch.max_spans, self.config.batch.max_delay
         while True:
-            while not self._queue:
+            while not self._queue or self._gave_up:
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -316,7 +401,19 @@ class SinkDriver:
                         return
                     self._log.warning("send failed; will retry", sink=self.key, spans=spans, attempt=attempt,
                                       retry_in_s=round(delay, 3), error=str(exc))
-                    await asyncio.sleep(delay)
+                    if self._wal is None:
+                        await asyncio.sleep(delay)  # a memory queue retries within drain()'s grace period
+                        continue
+                    # A disk queue keeps what it cannot send now: closing (drain(), a reload's
+                    # handover) ends the wait at once instead of holding everyone for the backoff.
+                    if not self._closing:
+                        try:
+                            await asyncio.wait_for(self._retry_wait.wait(), delay)
+                        except asyncio.TimeoutError:
+                            pass
+                    if self._closing:
+                        kept = self._gave_up = True
+                        return
                 except Exception as exc:  # a bug in the sink: never retried blindly, never silent
                     self._log.error("sink raised an unexpected error; batch dropped", exc_info=True, sink=self.key)
                     self._fail(spans, f"{type(exc).__name__}: {exc}", "failing")
@@ -346,26 +443,15 @@ class SinkDriver:
                     self._ack(entry)
 
     async def _durable(self, entries: Sequence[_Entry]) -> list[_Entry]:
-        """Wait for the entries' appends; one that did not reach the log is dropped and counted
-        (the receiver has already answered; other sinks still have the batch)."""
+        """Wait for the entries' appends; one that did not reach the log was never this sink's
+        (its callback took it out of the queue; the pipeline refused or counted it)."""
         kept = []
         for entry in entries:
             if entry.appended is not None:
-                try:
-                    await entry.appended
-                except WalFull:
-                    self._lost(entry, "queue_full", "disk queue full (queue.max_bytes)")
-                    continue
-                except OSError as exc:
-                    self._lost(entry, "disk_error", f"cannot write the disk queue: {exc}")
-                    continue
-            kept.append(entry)
+                await asyncio.gather(entry.appended, return_exceptions=True)
+            if not entry.failed:
+                kept.append(entry)
         return kept
-
-    def _lost(self, entry: _Entry, reason: str, detail: str) -> None:
-        self._depth -= entry.batch.items
-        self.last_error = detail
-        self.drop(entry.batch.items, reason, detail)
 
     def _fail(self, spans: int, error: str, status: str) -> None:
         self._failed.inc(spans)
@@ -379,7 +465,11 @@ def driver_key(sink: str, signal: Signal) -> str:
 
 
 def _backoff(attempt: int, initial: float, maximum: float, server_hint: float | None) -> float:
-    """Exponential backoff with +-50% jitter (the Collector's randomization), never below the server's hint."""
+    """The server's hint (Retry-After, RetryInfo) when it gave one, as the OTel SDK exporters do (the
+    server knows when it will take data again; backoff grown from earlier failures would wait past
+    it); otherwise exponential backoff with +-50% jitter (the Collector's randomization)."""
+    if server_hint is not None and server_hint > 0:
+        return server_hint
     base = min(maximum, initial * 2 ** (attempt - 1))
     delay = base * random.uniform(0.5, 1.5)
-    return max(min(delay, maximum), server_hint or 0.0)
+    return min(delay, maximum)

@@ -12,7 +12,9 @@ so every file holds one kind of request, as the Collector's file exporter writes
 
 Rotation: when a write would take the file past `rotate_bytes`, the file is renamed to
 `<stem>-<UTC time><suffixes>` and a new one is started; only the `keep` newest rotated files are
-kept. Encoding and writing run on one thread of the sink's own, so a slow disk never blocks the
+kept. Only a regular file rotates: a device or a FIFO (`path: /dev/null`, a pipe to another
+program) is written as it is, never renamed (renaming /dev/null would replace the machine's
+null device with a plain file). Encoding and writing run on one thread of the sink's own, so a slow disk never blocks the
 event loop and writes keep their order.
 """
 
@@ -22,6 +24,7 @@ import asyncio
 import gzip
 import os
 import re
+import stat
 import struct
 import time
 from collections.abc import Sequence
@@ -94,6 +97,7 @@ class FileSink:
         self.path = Path(config.path_for(signal))
         self._fd: int | None = None
         self._size = 0
+        self._regular = True  # rotation renames the file: never a device or a FIFO
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{name}")
 
     async def start(self) -> None:
@@ -116,7 +120,8 @@ class FileSink:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self._size = os.fstat(self._fd).st_size
+            st = os.fstat(self._fd)
+            self._size, self._regular = st.st_size, stat.S_ISREG(st.st_mode)
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -129,7 +134,7 @@ class FileSink:
             chunks = [gzip.compress(b"".join(chunks), compresslevel=6)]
         size = sum(map(len, chunks))
         limit = self.config.rotate_bytes
-        if limit and self._size and self._size + size > limit:
+        if limit and self._size and self._size + size > limit and self._regular:
             self._rotate()
         self._open()
         assert self._fd is not None

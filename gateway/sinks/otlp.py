@@ -51,7 +51,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import Field, model_validator
 
 from gateway import __version__
-from gateway.batch import Batch
+from gateway.batch import INSTANCE_ID, VIA_HEADER, Batch
 from gateway.configtypes import ByteSize, Duration, StrictModel
 from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
@@ -171,12 +171,15 @@ def _grpc_target(endpoint: str) -> str:
 
 def split(batches: Sequence[Batch], max_bytes: int, max_spans: int) -> list[list[int]]:
     """Indices of `batches` grouped into exports, in order, each within both limits (0: none);
-    a batch over a limit on its own makes an export of one."""
+    a batch over a limit on its own makes an export of one. Batches that passed through different
+    otelgate instances (`context.via`) go in different exports: each export's `x-otelgate-via`
+    header is true of all it carries, so a loop guard downstream drops only what looped."""
     groups: list[list[int]] = []
     size = spans = 0
     for i, batch in enumerate(batches):
         n = len(batch.serialized())
-        if groups and (not max_bytes or size + n <= max_bytes) and (not max_spans or spans + batch.items <= max_spans):
+        if (groups and (not max_bytes or size + n <= max_bytes) and (not max_spans or spans + batch.items <= max_spans)
+                and batch.context.via == batches[groups[-1][0]].context.via):  # one loop-guard header per export
             groups[-1].append(i)
             size += n
             spans += batch.items
@@ -331,6 +334,7 @@ class OtlpSink:
             options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.max_send_message_length", -1),
                        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                        ("grpc.initial_reconnect_backoff_ms", min(1000, reconnect_max_ms)),
+                       ("grpc.min_reconnect_backoff_ms", min(1000, reconnect_max_ms)),
                        ("grpc.max_reconnect_backoff_ms", reconnect_max_ms)]
             compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
             if config.uses_tls():
@@ -345,6 +349,16 @@ class OtlpSink:
             # No serializers: the request is the concatenated received bytes, the response raw bytes.
             self._export = self._channel.unary_unary(self.signal.grpc_method)
 
+    async def _reconnect_if_failed(self) -> None:
+        """A retry is the driver's decision (its backoff, the server's RetryInfo): a channel still in
+        gRPC's own reconnect backoff would fail it at once, so a failed channel is replaced by a
+        fresh one, which connects now."""
+        assert self._channel is not None
+        if self._channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            old = self._channel
+            self._open()
+            await old.close()
+
     async def shutdown(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
@@ -356,6 +370,8 @@ class OtlpSink:
     async def send(self, batches: Sequence[Batch]) -> Rejected | None:
         if not is_retry_of(self._pending, batches):
             self._pending, self._done, self._refused, self._delivered = list(batches), set(), [], False
+        elif self._channel is not None:
+            await self._reconnect_if_failed()
         groups = split(batches, self.config.max_batch_bytes, self.config.max_batch_spans)
         permanent: PermanentError | None = None
         for g, group in enumerate(groups):
@@ -363,8 +379,9 @@ class OtlpSink:
                 continue
             spans = sum(batches[i].items for i in group)
             body = b"".join(batches[i].serialized() for i in group)
+            via = ",".join((*batches[group[0]].context.via, INSTANCE_ID))
             try:
-                rejected = await (self._send_http(body) if self._session is not None else self._send_grpc(body))
+                rejected = await (self._send_http(body, via) if self._session is not None else self._send_grpc(body, via))
             except PermanentError as exc:
                 # The other exports of this send may be fine: send them, and count this one's spans refused.
                 permanent = permanent or exc
@@ -384,9 +401,10 @@ class OtlpSink:
             return Rejected(sum(n for n, _ in refused), "; ".join(dict.fromkeys(m for _, m in refused)))
         return None
 
-    async def _send_http(self, body: bytes) -> tuple[int, str]:
+    async def _send_http(self, body: bytes, via: str) -> tuple[int, str]:
         assert self._session is not None
-        headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **self.config.headers}
+        headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **self.config.headers,
+                   VIA_HEADER: via}
         if self.config.compression == "gzip":
             headers["Content-Encoding"] = "gzip"
             if len(body) > _GZIP_INLINE_MAX:
@@ -404,10 +422,10 @@ class OtlpSink:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise RetryableError(f"HTTP export to {self.config.url(self.signal)} failed: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
-    async def _send_grpc(self, body: bytes) -> tuple[int, str]:
-        metadata = tuple((k.lower(), v) for k, v in self.config.headers.items())
+    async def _send_grpc(self, body: bytes, via: str) -> tuple[int, str]:
+        metadata = (*((k.lower(), v) for k, v in self.config.headers.items()), (VIA_HEADER, via))
         try:
-            response = await self._export(body, timeout=self.config.timeout, metadata=metadata or None)
+            response = await self._export(body, timeout=self.config.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise classify_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from exc
         return _rejected(response, self.signal)

@@ -40,9 +40,12 @@ Invariants
 * A failed write is cut back (``ftruncate``) to the last good record before the error is raised,
   so a segment never holds a partial record followed by good ones (short of a crash, which can
   only tear the tail).
-* A segment is deleted once every record in it is acked, unless it is the segment being written
-  to. When the active segment is fully acked and a new record would not fit the byte budget, a
-  new segment is started so the old one can go.
+* A segment is deleted once every record in it is acked. When that is the segment being written
+  to, an empty segment named after the next sequence replaces it first (so the high-water mark
+  survives), and ``acks.log`` is emptied once no record is pending: a fully delivered log holds
+  no data, at run time and after a restart (``open`` does the same for a fully acked log).
+* Room is the byte budget and the filesystem's real free space (``statvfs``) less a reserve
+  (``min_free_bytes``): an append that would break either raises ``WalFull`` before writing.
 * Delivery is at-least-once: an ack that was not on disk at a crash means the record is
   replayed again. A record whose ``append`` returned with fsync "always"/"batch" survives a crash.
 
@@ -57,6 +60,7 @@ sequences of records still on disk. ``open`` returns the unacked records, which 
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import re
 import struct
@@ -69,7 +73,7 @@ from typing import Literal
 from gateway.logs import get_logger
 from gateway.sinks.queue_pb2 import QueueRecord
 
-__all__ = ["WalFull", "WalRecord", "WriteAheadLog"]
+__all__ = ["WalFull", "WalRecord", "WriteAheadLog", "disk_free", "is_disk_full"]
 
 FORMAT_VERSION = 1
 _HEADER = struct.Struct(">II")
@@ -83,7 +87,18 @@ log = get_logger("sink.wal")
 
 
 class WalFull(Exception):
-    """The append would take the WAL past its byte budget."""
+    """The append would take the WAL past its byte budget, or its filesystem below the reserve."""
+
+
+def disk_free(directory: str | Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding `directory`."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failed append means "no room" (budget, reserve, ENOSPC, quota), not a broken disk."""
+    return isinstance(exc, WalFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +128,14 @@ def _segment_name(start: int) -> str:
 
 class WriteAheadLog:
     def __init__(self, directory: str | Path, *, max_bytes: int, fsync: Literal["always", "batch", "never"] = "batch",
-                 segment_bytes: int = 16 * 1024 * 1024) -> None:
+                 segment_bytes: int = 16 * 1024 * 1024, min_free_bytes: int = 0) -> None:
         if fsync not in ("always", "batch", "never"):
             raise ValueError(f"fsync must be always, batch or never, not {fsync!r}")
         self._dir = Path(directory)
         self._max_bytes = max_bytes
         self._fsync = fsync
         self._segment_bytes = segment_bytes
+        self._min_free = min_free_bytes
         self._segments: list[_Segment] = []
         self._starts: list[int] = []  # _segments[i].start, for bisect
         self._acked: set[int] = set()  # acked sequences of records still on disk
@@ -168,6 +184,7 @@ class WriteAheadLog:
         if self._segments:
             self._seg_fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._open = True
+        self._reclaim_active()  # a fully acked log starts empty
         return out
 
     def _read_acks(self) -> set[int]:
@@ -245,6 +262,11 @@ class WriteAheadLog:
                            appended_unix_nano=time.time_ns()).SerializeToString()
         header = _HEADER.pack(len(body), zlib.crc32(body))
         need = len(header) + len(body)
+        if self._min_free >= 0:
+            free = disk_free(self._dir)
+            if need + self._min_free > free:
+                raise WalFull(f"filesystem of {self._dir} has {free} bytes free; {need} more would leave less "
+                              f"than queue.min_free_bytes ({self._min_free})")
         active = self._segments[-1] if self._segments else None
         reclaim = active is not None and active.size > 0 and active.unacked == 0
         if self._size + need > self._max_bytes:
@@ -285,11 +307,11 @@ class WriteAheadLog:
     def _rotate(self, start: int) -> None:
         """Start a new active segment named `start`; the old one goes if it is fully acked."""
         old = self._segments[-1] if self._segments else None
+        seg = _Segment(start, self._dir / _segment_name(start))
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)  # may fail: disk full
         if self._seg_fd >= 0:
             os.close(self._seg_fd)  # already fsynced after its last append, per policy
-            self._seg_fd = -1
-        seg = _Segment(start, self._dir / _segment_name(start))
-        self._seg_fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._seg_fd = fd
         self._segments.append(seg)
         self._starts.append(start)
         if self._fsync != "never":
@@ -316,9 +338,37 @@ class WriteAheadLog:
         self._acked.add(sequence)
         seg.unacked -= 1
         self._pending -= 1
-        if seg.unacked == 0 and i != len(self._segments) - 1:
-            self._delete_segment(seg)
-            self._maybe_compact_acks()
+        if seg.unacked == 0:
+            if i != len(self._segments) - 1:
+                self._delete_segment(seg)
+                self._maybe_compact_acks()
+            else:
+                self._reclaim_active()
+        if self._pending == 0 and self._acks_size and len(self._segments) == 1 and self._segments[0].size == 0:
+            self._empty_acks()
+
+    def _reclaim_active(self) -> None:
+        """Replace a fully acked active segment by an empty one named after the next sequence (which
+        keeps the high-water mark), so delivered data leaves the disk at once, not at the next rotation."""
+        active = self._segments[-1] if self._segments else None
+        if active is None or active.size == 0 or active.unacked != 0:
+            return
+        try:
+            self._rotate(self._next_seq)
+        except OSError as exc:  # no room even for an empty file: the next append or ack tries again
+            log.warning("cannot reclaim the delivered segment yet", segment=active.path.name, error=str(exc))
+            return
+        if self._pending == 0:
+            self._empty_acks()
+
+    def _empty_acks(self) -> None:
+        """Nothing is pending and no acked record is left on disk: acks.log has nothing to say."""
+        if self._acks_fd < 0 or self._acked:
+            return
+        if self._fsync != "never":
+            self._fsync_dir()  # the segment deletions are durable before their acks go
+        os.ftruncate(self._acks_fd, 0)
+        self._acks_size = 0
 
     def drop_oldest(self, needed_bytes: int) -> list[WalRecord]:
         raise NotImplementedError("drop_oldest is not implemented yet")

@@ -12,6 +12,8 @@ With `forward_credentials: true`, data that came in on otelgate's Langfuse-compa
 sent with the key pair its sender authenticated with (so each team's Langfuse SDK keeps writing
 to its own project), and other data with the sink's own keys; data with neither is refused by
 the sink (counted as `rejected`). A send holding several key pairs becomes one export per pair.
+
+Routed logs: `gen_ai.evaluation.result` records go to Langfuse's scores API (`scores.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from gateway.logs import get_logger
 from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import Rejected, SinkConfig, is_retry_of
 from gateway.sinks.langfuse.encode import prepare, split
+from gateway.sinks.langfuse.scores import LangfuseScoresSink
 from gateway.sinks.otlp import classify_http
 
 PATH = "/api/public/otel/v1/traces"
@@ -147,10 +150,12 @@ class LangfuseSink:
         raise error
 
 
-SIGNALS = ("traces",)  # Langfuse ingests traces only over OTLP
+SIGNALS = ("traces", "logs")  # traces over OTLP; logs: evaluation results as scores (scores.py)
 
 
-def create(name: str, config: Config, signal: Signal = TRACES) -> LangfuseSink:
-    if signal is not TRACES:  # config validation routes only traces here
-        raise ValueError(f"sink {name}: Langfuse takes traces only, not {signal.name}")
+def create(name: str, config: Config, signal: Signal = TRACES) -> "LangfuseSink | LangfuseScoresSink":
+    if signal.name == "logs":
+        return LangfuseScoresSink(name, config)
+    if signal is not TRACES:  # config validation routes only traces and logs here
+        raise ValueError(f"sink {name}: Langfuse takes traces and scores (logs), not {signal.name}")
     return LangfuseSink(name, config)

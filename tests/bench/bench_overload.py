@@ -1,0 +1,236 @@
+"""Overload benchmark: open-loop load at a multiple of what the gateway can take, per protocol.
+
+    .venv/bin/python tests/bench/bench_overload.py                       # both protocols, 3x, ~20 s each
+    .venv/bin/python tests/bench/bench_overload.py --protocol http --factor 3 --duration 12
+    .venv/bin/python tests/bench/bench_overload.py --json
+
+For each protocol it starts the real gateway (file sink, `format: proto`, to /dev/null, so the
+gateway's own work is measured, not this VM's page cache) and:
+1. measures the maximum: a closed loop (8 requests in flight) for `--calibrate` s; accepted
+   requests/s is the maximum goodput;
+2. offers `--factor` times that, open loop (requests start on schedule whether or not earlier
+   ones were answered, as independent clients do), for `--duration` s, each with a 10 s timeout;
+3. reports goodput (accepted requests/s) as a share of the maximum, the p50/p99 latency of
+   accepted requests, how many were refused (503 / UNAVAILABLE, with their retry hint), timed
+   out or failed otherwise, and the gateway's peak RSS.
+
+The client is a separate process on the same (shared) cores, so figures are ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
+
+from tests.gateway_process import GatewayProcess, gateway_config  # noqa: E402
+
+GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+TIMEOUT_S = 10.0
+
+
+def build_pool(count: int = 20, spans: int = 500) -> list[bytes]:
+    pool = []
+    for r in range(count):
+        req = ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.attributes.add(key="service.name").value.string_value = "bench"
+        scope = rs.scope_spans.add()
+        for i in range(spans):
+            s = scope.spans.add(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"op-{i % 7}",
+                                start_time_unix_nano=1, end_time_unix_nano=2)
+            for k in range(8):
+                s.attributes.add(key=f"attr.{k}").value.string_value = f"value-{r}-{i}-{k}" * 4
+        pool.append(req.SerializeToString())
+    return pool
+
+
+async def _sender(protocol: str, target: str) -> tuple[Any, Any]:
+    """(send(body) -> outcome, close()); outcome ok | refused | timeout | error:<what>."""
+    if protocol == "http":
+        import aiohttp
+
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                        timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
+        url = f"{target}/v1/traces"
+        headers = {"Content-Type": "application/x-protobuf"}
+
+        async def send_http(data: bytes) -> str:
+            try:
+                async with session.post(url, data=data, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        return "ok"
+                    if resp.status == 503 and resp.headers.get("Retry-After"):
+                        return "refused"
+                    return f"error:HTTP {resp.status}"
+            except asyncio.TimeoutError:
+                return "timeout"
+            except aiohttp.ClientError as exc:
+                return f"error:{type(exc).__name__}"
+
+        return send_http, session.close
+
+    import grpc
+
+    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+    export = channel.unary_unary(GRPC_METHOD)
+
+    async def send_grpc(data: bytes) -> str:
+        try:
+            await export(data, timeout=TIMEOUT_S)
+            return "ok"
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE and any(
+                    k == "grpc-status-details-bin" for k, _ in (err.trailing_metadata() or ())):
+                return "refused"  # with RetryInfo
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "timeout"
+            return f"error:{err.code().name}"
+
+    return send_grpc, channel.close
+
+
+async def _closed_loop(protocol: str, target: str, pool: list[bytes], seconds: float, concurrency: int = 8) -> float:
+    send, close = await _sender(protocol, target)
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        i = w
+        while time.monotonic() < deadline:
+            if await send(pool[i % len(pool)]) == "ok":
+                done += 1
+            i += concurrency
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    rate = done / (time.monotonic() - started)
+    await close()
+    return rate
+
+
+async def _open_loop(protocol: str, target: str, pool: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
+    send, close = await _sender(protocol, target)
+    outcomes: dict[str, int] = {}
+    latencies: list[float] = []
+    tasks = []
+    started = time.monotonic()
+    n = int(rate * seconds)
+
+    async def one(i: int, due: float) -> None:
+        outcome = await send(pool[i % len(pool)])
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if outcome == "ok":
+            latencies.append(time.monotonic() - due)
+
+    for i in range(n):
+        due = started + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    await close()
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1) if latencies else 0.0
+
+    return {"offered_per_s": round(rate, 1), "sent": n, "elapsed_s": round(elapsed, 2),
+            "goodput_per_s": round(outcomes.get("ok", 0) / seconds, 1), "outcomes": outcomes,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+
+
+def _client(protocol: str, target: str, factor: float, calibrate: float, duration: float, out: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    pool = build_pool()
+
+    async def run() -> dict[str, Any]:
+        await _closed_loop(protocol, target, pool, 1.0)  # warm up
+        maximum = await _closed_loop(protocol, target, pool, calibrate)
+        result = await _open_loop(protocol, target, pool, maximum * factor, duration)
+        return {"max_per_s": round(maximum, 1), **result}
+
+    out.put(asyncio.run(run()))
+
+
+def _rss_peak_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_protocol(protocol: str, factor: float, calibrate: float, duration: float, extra: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        config = gateway_config(workdir, path="/dev/null", logs_path="/dev/null", metrics_path="/dev/null", format="json")
+        for receiver in ("grpc", "http"):
+            config["receivers"][receiver].update(extra)
+        gw = GatewayProcess(config, workdir).wait_ready()
+        try:
+            target = gw.http if protocol == "http" else gw.grpc
+            out: Any = mp.get_context("spawn").Queue()
+            client = mp.get_context("spawn").Process(target=_client, args=(protocol, target, factor, calibrate, duration, out))
+            client.start()
+            result = out.get(timeout=calibrate + duration + 120)
+            client.join(30)
+            result["gateway_peak_rss_mib"] = round(_rss_peak_kib(gw.pid) / 1024, 1)
+            result["gateway_cpu_s"] = round(_cpu_s(gw.pid), 1)
+        finally:
+            gw.stop()
+    result["goodput_share_of_max"] = round(result["goodput_per_s"] / result["max_per_s"], 3) if result["max_per_s"] else 0.0
+    return {"protocol": protocol, "factor": factor, **result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="both")
+    parser.add_argument("--factor", type=float, default=3.0, help="offered load as a multiple of the measured maximum")
+    parser.add_argument("--calibrate", type=float, default=4.0, help="seconds of closed-loop load to measure the maximum")
+    parser.add_argument("--duration", type=float, default=14.0, help="seconds of open-loop overload")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="receivers' max_in_flight_requests (default: theirs)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    extra = {} if args.max_in_flight is None else {"max_in_flight_requests": args.max_in_flight}
+    results = [run_protocol(p, args.factor, args.calibrate, args.duration, extra)
+               for p in (("http", "grpc") if args.protocol == "both" else (args.protocol,))]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['protocol']}: max {r['max_per_s']} req/s; offered {r['offered_per_s']} req/s ({r['factor']}x) for "
+                  f"{args.duration} s: goodput {r['goodput_per_s']} req/s = {r['goodput_share_of_max']:.0%} of max; "
+                  f"accepted p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms; outcomes {r['outcomes']}; "
+                  f"gateway peak RSS {r['gateway_peak_rss_mib']} MiB, CPU {r['gateway_cpu_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
