@@ -1,7 +1,7 @@
 """Admin endpoint: `GET /health` (JSON) and `GET /metrics` (Prometheus text).
 
 /health answers 503 `unavailable` while the gateway starts or drains, so a load balancer stops
-sending before listeners close; otherwise 200 with `ok`, or `degraded` while any sink is failing.
+sending before listeners close; otherwise 200 with `ok`, or `degraded` while any sink (or the usage store, or alert delivery) is failing.
 
 With `admin.token`, every other path needs `Authorization: Bearer <token>` (401 otherwise);
 /health stays open for probes. The token is read from the config on each request, so a reload
@@ -38,11 +38,16 @@ class AdminServer:
         self._config_status = config_status
         self._started = time.monotonic()
         self._runner: web.AppRunner | None = None
+        # Added by other parts before start (the usage API): (method, path, handler); and /health sections.
+        self.routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
+        self.health_sections: dict[str, Callable[[], dict[str, object]]] = {}
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._require_token])
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics_text)
+        for method, path, handler in self.routes:
+            app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         unix = self.config.endpoint.startswith("unix:")  # a worker's, read by its supervisor
@@ -78,9 +83,10 @@ class AdminServer:
 
     def health(self) -> tuple[int, dict[str, object]]:
         sinks = self._sinks_health()
+        sections = {name: section() for name, section in self.health_sections.items()}
         if self.state != "running":
             status, code = "unavailable", 503
-        elif any(s["status"] in ("failing", "full") for s in sinks.values()):
+        elif any(s["status"] in ("failing", "full") for s in (*sinks.values(), *sections.values())):
             status, code = "degraded", 200
         else:
             status, code = "ok", 200
@@ -88,6 +94,7 @@ class AdminServer:
                 "sinks": sinks}
         if self._config_status is not None:
             body["config"] = self._config_status()
+        body.update(sections)
         return code, body
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from gateway import logs
 from gateway.admin import AdminServer
+from gateway.budgets.alerter import Alerter
 from gateway.config import Config, ConfigError, load
 from gateway.configtypes import split_endpoint
 from gateway.logs import get_logger
@@ -31,6 +32,8 @@ from gateway.receivers.otlp_grpc import OtlpGrpcReceiver
 from gateway.receivers.otlp_http import OtlpHttpReceiver
 from gateway.service import worker_id
 from gateway.telemetry import Metrics
+from gateway.usage import api as usage_api
+from gateway.usage.service import UsageService
 
 _log = get_logger("gateway")
 
@@ -78,7 +81,9 @@ class Gateway:
         self._config_digest = _digest(self.config_path)
         self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
-        self.pipeline = Pipeline(config, self.metrics, processors)
+        # Usage accounting: the account processor feeds its recorder; the store is written off the hot path.
+        self.usage = UsageService(config.usage, self.metrics) if config.usage.enabled else None
+        self.pipeline = Pipeline(config, self.metrics, processors, self.usage.recorder if self.usage else None)
         self.affinity = None  # with workers, when the config decides on whole traces
         if self._worker is not None:
             from gateway.service.workers import affinity_for
@@ -91,6 +96,13 @@ class Gateway:
         if config.receivers.http is not None:
             self.receivers["OTLP/HTTP"] = OtlpHttpReceiver(config.receivers.http, intake)
         self.admin = AdminServer(config.admin, self.metrics, self.pipeline.health, self.config_status.as_dict)
+        self.alerter = Alerter(config.budgets, config.alerts, self.usage, self.metrics) \
+            if self.usage is not None and (config.budgets or config.alerts.rules) else None
+        self.admin.routes.extend(usage_api.routes(self.usage, self.alerter))
+        if self.usage is not None:
+            self.admin.health_sections["usage"] = self.usage.health
+        if self.alerter is not None:
+            self.admin.health_sections["alerts"] = self.alerter.health
         self._started: list[str] = []
         self._listening = _listener_settings(config)  # what the sockets were bound with: a reload keeps them
 
@@ -116,6 +128,10 @@ class Gateway:
             # A worker's admin socket is its supervisor's business, not the public endpoint.
             _log.info("admin listening" if self._worker is None else "worker admin socket",
                       endpoint=self.admin.endpoint, paths="/health /metrics")
+            if self.usage is not None:
+                await self.usage.start()
+            if self.alerter is not None:
+                await self.alerter.start()
             await self.pipeline.start()
             if self.affinity is not None:
                 await self.affinity.start()
@@ -148,6 +164,10 @@ class Gateway:
         if self.affinity is not None:
             await self.affinity.stop()
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        if self.alerter is not None:
+            await self.alerter.stop()
+        if self.usage is not None:
+            await self.usage.stop(min(5.0, max(1.0, deadline - time.monotonic())))
         await self.admin.shutdown()
 
     async def reload(self, reason: str) -> bool:
@@ -179,6 +199,10 @@ class Gateway:
             pending = _listener_diff(self._listening, _listener_settings(config)) or None
             for change in pending or ():
                 _log.warning("config: takes a restart; the running listener stays", change=change)
+            if (config.budgets, config.alerts) != (self.config.budgets, self.config.alerts):
+                _log.warning("config: budgets or alerts changed; that takes a restart (kept the running ones)")
+            if config.usage != self.config.usage:
+                _log.warning("config: usage changed; that takes a restart (kept the running usage store)")
             try:
                 await self.pipeline.reload(config, config.service.shutdown_grace)
             except Exception as exc:

@@ -1,4 +1,4 @@
-"""Command line: `otelgate run` and `otelgate check`."""
+"""Command line: `otelgate run`, `otelgate check`, `otelgate price` and `otelgate usage`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from gateway import __version__, logs
 from gateway.config import Config, ConfigError, load
+from gateway.usage import cli as usage_cli
 
 
 def _summary(config: Config) -> str:
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     price.add_argument("--at", help="ISO date or time of the call, for historic prices (default: now)")
     price.add_argument("-c", "--config", help="config YAML whose pipeline.price.overrides apply")
     price.set_defaults(func=_price)
+    usage_cli.add_parser(commands)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

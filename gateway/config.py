@@ -30,6 +30,9 @@ from gateway.receivers.limits import LimitsConfig
 from gateway.receivers.tls import ServerTlsConfig
 from gateway.sampling.head import HeadConfig
 from gateway.sampling.tail import POLICY_TYPES, TailConfig
+from gateway.budgets.config import AlertsConfig, BudgetConfig
+from gateway.usage.attribution import AttributionConfig
+from gateway.usage.config import UsageConfig
 
 _ENV = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")  # `$$`, `${...}`, or an unclosed `${`
 _ENV_REF = re.compile(r"^(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
@@ -191,6 +194,11 @@ class Config(StrictModel):
     auth: AuthConfig | None = Field(None, description="API keys the receivers require; omitted: anyone may send.")
     limits: LimitsConfig | None = Field(None, description="Bounds on what one request may hold; omitted: none.")
     service: ServiceConfig = ServiceConfig()
+    usage: UsageConfig = Field(UsageConfig(), description="Usage rollups (who spent what); on by default, SQLite.")
+    budgets: list[BudgetConfig] = Field([], description="Spend limits per period, read from the usage store.")
+    alerts: AlertsConfig = Field(AlertsConfig(), description="Where budget and rule notifications go; alert rules.")
+    attribution: AttributionConfig = Field(
+        AttributionConfig(), description="Where each LLM call's tenant, app, user, session and environment come from.")
 
     @model_validator(mode="after")
     def _routes_refer_to_sinks(self) -> "Config":
@@ -198,6 +206,7 @@ class Config(StrictModel):
         if self.pipeline.price.enabled and not self.pipeline.normalize.enabled:
             errors.append("pipeline.price: pricing reads what pipeline.normalize finds; enable it or disable price")
         errors.extend(self._route_errors())
+        errors.extend(self._budget_errors())
         errors.extend(self._loop_errors())
         if errors:
             raise ConfigError(errors)
@@ -263,6 +272,20 @@ class Config(StrictModel):
                     compile_match(policy.match, f"sampling.tail.policies[{i}].match")
                 except MatchError as exc:
                     errors.extend(exc.errors)
+        return errors
+
+    def _budget_errors(self) -> list[str]:
+        errors: list[str] = []
+        if (self.budgets or self.alerts.rules) and not self.usage.enabled:
+            errors.append("budgets: budgets and alert rules read the usage store; enable usage (usage.enabled: true)")
+        names = [b.name for b in self.budgets]
+        receivers = {r.name for r in self.alerts.receivers}
+        for i, budget in enumerate(self.budgets):
+            if names.count(budget.name) > 1 and names.index(budget.name) != i:
+                errors.append(f"budgets[{i}].name: duplicate budget name {budget.name!r}")
+            for j, name in enumerate(budget.receivers or ()):
+                if name not in receivers:
+                    errors.append(f"budgets[{i}].receivers[{j}]: no receiver named {name!r} in alerts.receivers")
         return errors
 
     def _loop_errors(self) -> list[str]:

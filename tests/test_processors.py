@@ -47,10 +47,10 @@ def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
 
 def test_default_chain_order() -> None:
     config = parse("sinks: {a: {type: file}}", environ={})
-    assert list(PROCESSORS) == ["normalize", "price", "llm_metrics", "feedback", "redact"]
-    assert len(build_processors(config, Metrics())) == 4  # redact is off by default
+    assert list(PROCESSORS) == ["normalize", "price", "account", "llm_metrics", "feedback", "redact"]
+    assert len(build_processors(config, Metrics())) == 5  # redact is off by default
     off = parse("sinks: {a: {type: file}}\npipeline: {normalize: {enabled: false}, price: {enabled: false}}", environ={})
-    assert len(build_processors(off, Metrics())) == 2
+    assert len(build_processors(off, Metrics())) == 3
 
 
 @pytest.mark.parametrize("text, fragment", [
