@@ -205,3 +205,18 @@ def test_dashboard_filters_and_variables(scraped: dict[str, Any]) -> None:
         want = {"job": {"otelgate"}, "tenant": {"unknown"}, "app": {"support-bot", "search"},
                 "environment": {"prod", "staging"}, "provider": {"openai"}, "model": {"gpt-4o", "gpt-4o-mini"}}[label]
         assert set(values) == want, (label, values)
+
+
+def test_alert_rules_and_panels_name_real_metrics(scraped: dict[str, Any]) -> None:
+    """Every otelgate_* metric in the alert rules and the dashboard is one the gateway exposes."""
+    import re
+
+    import yaml
+    rules = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "otelgate-rules.yaml"
+    exprs = [r["expr"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]] + list(_panels().values())
+    text = requests.get(f"{scraped['gw'].admin}/metrics", headers=AUTH, timeout=5).text
+    def family(name: str) -> str:
+        return re.sub(r"_(total|bucket|sum|count)$", "", name)
+    families = {family(name) for name in re.findall(r"^# TYPE (otelgate_\w+) ", text, re.M)}
+    used = {family(name) for e in exprs for name in re.findall(r"otelgate_\w+", e)}
+    assert used and used <= families, used - families
