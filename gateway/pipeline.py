@@ -294,10 +294,10 @@ def _named_processors(config: Config, metrics: Metrics, previous: dict[str, tupl
         settings = getattr(config.pipeline, name)
         if not settings.enabled:
             continue
-        if hasattr(module, "settings"):  # also configured by a top-level key (account: attribution)
-            settings = module.settings(config)
+        # What it is built from: its settings, and the top-level keys it also reads (attribution).
+        key = module.settings(config) if hasattr(module, "settings") else settings
         before = previous.get(name)
-        chain[name] = before if before is not None and before[0] == settings else (settings, module.create(settings, context))
+        chain[name] = before if before is not None and before[0] == key else (key, module.create(settings, context))
     return chain
 
 

@@ -75,8 +75,10 @@ class LlmCall:
     cost_output_usd: float | None = None
     cost_source: str | None = None  # computed | override | reported | unknown
     price_model: str | None = None
-    # The resource the span came with (set by the normalizer), for attribution.
+    # The resource the span came with (set by the normalizer), for attribution; and which of the
+    # attribution's keys the span has, one bit per dimension (None: not known, look).
     resource: Resource | None = None
+    extra_mask: int | None = None
     # Filled by attribution (gateway/usage/attribution.py): who the call belongs to; None: unknown.
     tenant: str | None = None
     app: str | None = None

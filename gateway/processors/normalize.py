@@ -41,6 +41,7 @@ from gateway.llm.call import (
 from gateway.llm.providers import canonical_provider, infer_provider
 from gateway.logs import get_logger
 from gateway.processors import Processor, ProcessorContext
+from gateway.usage.attribution import span_keys
 
 _log = get_logger("processor.normalize")
 _MAX_LOGGED = 10  # internal errors logged with their traceback; later ones only counted
@@ -583,9 +584,18 @@ def _put_true(span: Any, d: dict[str, Any], key: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+_EXTRA_SHIFT = 48  # the bits of `extra_keys` sit above the normalizer's own
+
+
 class Normalizer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, extra_keys: dict[str, int] | None = None) -> None:
+        """`extra_keys`: attributes later processors read on call spans (attribution's sources) and
+        a bit mask for each; the same pass keeps them in `LlmCall.attributes` and ORs their masks into
+        `LlmCall.extra_mask`, so nobody reads a call span's attributes twice."""
         self._keep = config.keep_originals
+        self._key_bits = dict(_KEY_BITS)
+        for key, bits in (extra_keys or {}).items():
+            self._key_bits[key] = self._key_bits.get(key, 0) | (bits << _EXTRA_SHIFT)
         self.errors = 0  # spans skipped because normalizing them raised (a bug: never expected)
 
     def _failed(self, where: str) -> None:
@@ -596,7 +606,7 @@ class Normalizer:
 
     def __call__(self, batch: Batch) -> Batch:
         found: list[_Found] = []
-        key_bits = _KEY_BITS
+        key_bits = self._key_bits
         examine = self._examine
         request = batch.request
         for rs in request.resource_spans:
@@ -629,6 +639,7 @@ class Normalizer:
                             resource = rs.resource
                         f.call.service = service
                         f.call.resource = resource
+                        f.call.extra_mask = mask >> _EXTRA_SHIFT
                     found.append(f)
         calls: list[LlmCall] = []
         if found:
@@ -1117,5 +1128,11 @@ def _remove_folded(span: Any, d: dict[str, Any], call: LlmCall) -> bool:
     return True
 
 
+def settings(config: Any) -> object:
+    """The normalizer also reads the attribution sources' keys (see `Normalizer`)."""
+    return (config.pipeline.normalize, config.attribution)
+
+
 def create(config: Config, context: ProcessorContext) -> Processor:
-    return Normalizer(config)
+    attribution = getattr(context.config, "attribution", None)
+    return Normalizer(config, span_keys(attribution) if attribution is not None else None)

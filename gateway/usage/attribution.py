@@ -13,9 +13,10 @@ winning. A source is written
 The tenant is first of all the one the request's API key (or `x-otelgate-tenant` header) named;
 its sources only apply when there is none. The service is `service.name`, as everywhere.
 
-Only LLM call spans (`batch.llm_calls`) are read, each once: one pass over the span's
-attributes keeping the keys some source names, one per resource per batch, and a JSON value is
-parsed at most once per call. Values are strings (numbers are written as text), cut to
+Only LLM call spans (`batch.llm_calls`) are read, and their attributes not even once more: the
+normalizer's one pass keeps the keys some source names (`span_keys`) in `LlmCall.attributes`.
+Resource attributes are read once per resource per batch, and a JSON value is parsed at most
+once per call. Values are strings (numbers are written as text), cut to
 `MAX_VALUE` characters.
 """
 
@@ -100,6 +101,18 @@ class AttributionConfig(StrictModel):
     _sources = field_validator(*DIMENSIONS)(_check_sources)
 
 
+def span_keys(config: AttributionConfig) -> dict[str, int]:
+    """The span attributes attribution reads, each with the bits of the dimensions reading it (bit
+    i: `DIMENSIONS[i]`), and those it writes (bit 0 unused for them: no dimension)."""
+    keys: dict[str, int] = dict.fromkeys(WRITTEN.values(), 0) if config.write else {}
+    for i, dim in enumerate(DIMENSIONS):
+        for text in getattr(config, dim):
+            source = parse_source(text)
+            if source.span:
+                keys[source.key] = keys.get(source.key, 0) | (1 << i)
+    return keys
+
+
 class Attributor:
     """Fills `tenant`, `app`, `user`, `session`, `environment` of each `LlmCall` and writes
     `user.id`, `session.id`, `otelgate.app` on its span when the span lacks them."""
@@ -108,73 +121,84 @@ class Attributor:
         self.write = config.write
         self.sources: dict[str, tuple[Source, ...]] = {
             dim: tuple(parse_source(s) for s in getattr(config, dim)) for dim in DIMENSIONS}
+        self._plans = {dim: tuple((s.key, s.span, s.resource, s.pointer) for s in self.sources[dim]) for dim in DIMENSIONS}
+        self._keys = {dim: frozenset(s.key for s in self.sources[dim]) for dim in DIMENSIONS}
+        self._dim_keys = tuple((dim, frozenset(s.key for s in self.sources[dim] if s.span)) for dim in DIMENSIONS)
         every = [s for dim in DIMENSIONS for s in self.sources[dim]]
-        written = set(WRITTEN.values()) if self.write else set()
-        self._span_keys = frozenset({s.key for s in every if s.span} | written)
+        self._span_keys = frozenset(span_keys(config))
         self._resource_keys = frozenset(s.key for s in every if s.resource)
 
     def attribute(self, calls: Sequence[LlmCall], tenant: str | None) -> bool:
         """Resolve every call of one batch (whose request named `tenant`); True if a span changed."""
-        resources: dict[int, dict[str, AnyValue]] = {}
+        # Per resource: its attributes, and each dimension as the resource alone says it (what a
+        # span without any of the dimension's keys gets: the common case, resolved once).
+        resources: dict[int, tuple[dict[str, KeyValue], list[str | None]]] = {}
         changed = False
-        span_keys, resource_keys = self._span_keys, self._resource_keys
+        span_keys, resource_keys, resolve = self._span_keys, self._resource_keys, self._resolve
+        dims = self._dim_keys
+        write = self.write
         for call in calls:
-            span_attrs: dict[str, AnyValue] = {}
-            for kv in call.span.attributes:
-                k = kv.key
-                if k in span_keys and k not in span_attrs:
-                    span_attrs[k] = kv.value
+            span_attrs = call.attributes  # the normalizer's one pass kept our keys too
+            mask = call.extra_mask  # ... and said which dimensions' keys the span has
+            if span_attrs is None or mask is None:
+                span_attrs = call.attributes = _pick(call.span.attributes, span_keys) if span_attrs is None else span_attrs
+                mask = sum(1 << i for i, (_, keys) in enumerate(dims) if not keys.isdisjoint(span_attrs))
             res = call.resource
-            if res is None:
-                res_attrs: dict[str, AnyValue] = {}
-            else:
-                res_attrs = resources.get(id(res))  # type: ignore[assignment]
-                if res_attrs is None:
-                    res_attrs = resources[id(res)] = _pick(res.attributes, resource_keys)
+            cached = resources.get(id(res))
+            if cached is None:
+                res_attrs = _pick(res.attributes, resource_keys) if res is not None else {}
+                cached = resources[id(res)] = (res_attrs, [resolve(dim, {}, res_attrs, {}) for dim, _ in dims])
+            res_attrs, defaults = cached
             parsed: dict[tuple[bool, str], Any] = {}
-            call.tenant = tenant or self._resolve("tenant", span_attrs, res_attrs, parsed)
-            call.app = self._resolve("app", span_attrs, res_attrs, parsed)
-            call.user = self._resolve("user", span_attrs, res_attrs, parsed)
-            call.session = self._resolve("session", span_attrs, res_attrs, parsed)
-            call.environment = self._resolve("environment", span_attrs, res_attrs, parsed)
-            if self.write:
-                for value, key in ((call.user, USER_ID), (call.session, SESSION_ID), (call.app, APP)):
+            values = defaults if not mask else [
+                resolve(dim, span_attrs, res_attrs, parsed) if mask & (1 << i) else defaults[i]
+                for i, (dim, _) in enumerate(dims)]
+            call.tenant = tenant or values[0]
+            call.app, call.user, call.session, call.environment = values[1], values[2], values[3], values[4]
+            if write:
+                for value, key in ((values[2], USER_ID), (values[3], SESSION_ID), (values[1], APP)):
                     if value is not None and key not in span_attrs:
-                        kv = call.span.attributes.add()
+                        kv = span_attrs[key] = call.span.attributes.add()
                         kv.key = key
                         kv.value.string_value = value
                         changed = True
         return changed
 
-    def _resolve(self, dim: str, span_attrs: dict[str, AnyValue], res_attrs: dict[str, AnyValue],
+    def _resolve(self, dim: str, span_attrs: dict[str, KeyValue], res_attrs: dict[str, KeyValue],
                  parsed: dict[tuple[bool, str], Any]) -> str | None:
-        for source in self.sources[dim]:
-            for on_span, attrs in ((True, span_attrs), (False, res_attrs)):
-                if not (source.span if on_span else source.resource):
+        keys = self._keys[dim]
+        if keys.isdisjoint(span_attrs) and keys.isdisjoint(res_attrs):
+            return None  # the common case for most dimensions: none of its keys is there
+        for key, on_span, on_resource, pointer in self._plans[dim]:
+            kv = span_attrs.get(key) if on_span else None
+            from_span = kv is not None
+            if kv is None:
+                if not on_resource:
                     continue
-                value = attrs.get(source.key)
-                if value is None:
+                kv = res_attrs.get(key)
+                if kv is None:
                     continue
-                if source.pointer is None:
-                    text = _text(value)
-                else:
-                    cache_key = (on_span, source.key)
-                    if cache_key in parsed:
-                        doc = parsed[cache_key]
-                    else:
-                        doc = parsed[cache_key] = _document(value)
-                    text = _scalar_text(_walk(doc, source.pointer))
+            if pointer is None:
+                text = _text(kv.value)
+            else:
+                cache_key = (from_span, key)
+                doc = parsed[cache_key] if cache_key in parsed else parsed.setdefault(cache_key, _document(kv.value))
+                text = _scalar_text(_walk(doc, pointer))
+            if text:
+                return text
+            if from_span and on_resource and (kv := res_attrs.get(key)) is not None:  # empty on the span: the resource's
+                text = _text(kv.value) if pointer is None else _scalar_text(_walk(_document(kv.value), pointer))
                 if text:
                     return text
         return None
 
 
-def _pick(attributes: Iterable[KeyValue], keys: frozenset[str]) -> dict[str, AnyValue]:
-    found: dict[str, AnyValue] = {}
+def _pick(attributes: Iterable[KeyValue], keys: frozenset[str]) -> dict[str, KeyValue]:
+    found: dict[str, KeyValue] = {}
     for kv in attributes:
         k = kv.key
         if k in keys and k not in found:
-            found[k] = kv.value
+            found[k] = kv
     return found
 
 

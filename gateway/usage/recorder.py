@@ -9,7 +9,9 @@ Three rollups, each a dict from its key to a list of sums:
   user): the fields of `PEOPLE_FIELDS`.
 
 A **turn** is a trace with at least one LLM call: it is counted once, on the first call of the
-trace this gateway sees (a bounded memory of recent trace ids remembers the others).
+trace this gateway sees (a bounded memory of the last 100,000 to 200,000 trace ids remembers
+the others). Keys hold None for an unknown dimension and `status` as the error flag; the store
+writes them as "" and "ok"/"error".
 
 Nothing here waits or does I/O: the usage service takes the dicts every flush interval and
 writes them off the event loop. The number of rows held is bounded (`limit`); a call whose row
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,8 @@ SESSION_DIMS = ("tenant", "app", "environment", "session", "user")
 _N_ROLLUP = len(ROLLUP_FIELDS)
 _N_PEOPLE = len(PEOPLE_FIELDS)
 _LAT0 = ROLLUP_FIELDS.index("lat_0")
-_TRACES = 100_000  # trace ids remembered to count each turn once
+_TRACES = 100_000  # trace ids remembered (per generation) to count each turn once
+_ZEROS = (0,) * (len(LATENCY_BUCKETS) + 1)
 
 
 @dataclass(slots=True)
@@ -81,68 +83,82 @@ class Recorder:
         self._rows = 0
         # Contributions not kept because the rows were at their limit, by rollup (minute, user, session).
         self.dropped = {"minute": 0, "user": 0, "session": 0}
-        self._traces: OrderedDict[bytes, None] = OrderedDict()
+        # Trace ids seen lately (two generations: the older is dropped when the newer fills up).
+        self._seen: set[bytes] = set()
+        self._older: set[bytes] = set()
         # Set by the budget evaluator: budget name -> (its config, the exceeded keys or None for all);
         # the account processor marks the calls that count toward them.
         self.exceeded: dict[str, tuple[object, set[str] | None]] = {}
 
     def record(self, calls: Iterable[LlmCall]) -> None:
-        pending, traces = self.pending, self._traces
+        # Written for speed (it runs for every LLM call): locals, no helper calls, None kept in
+        # keys (made "" when written), the trace memory as two generations of plain sets.
+        pending, seen, older = self.pending, self._seen, self._older
         minutes, users, sessions = pending.minutes, pending.users, pending.sessions
+        limit, buckets = self.limit, LATENCY_BUCKETS
+        now_minute = 0
         for c in calls:
-            start = c.start_time_unix_nano or time.time_ns()
-            minute = start // 60_000_000_000 * 60
-            tenant, app, env = c.tenant or "", c.app or "", c.environment or ""
-            key = (minute, tenant, app, env, c.provider or "", c.model or "", c.operation or "",
-                   "error" if c.error else "ok")
+            start = c.start_time_unix_nano
+            if start:
+                minute = start // 60_000_000_000 * 60
+            else:
+                minute = now_minute = now_minute or int(time.time()) // 60 * 60
+            error = c.error
+            key = (minute, c.tenant, c.app, c.environment, c.provider, c.response_model or c.request_model,
+                   c.operation, error)
             row = minutes.get(key)
             if row is None:
-                if self._rows >= self.limit:
+                if self._rows >= limit:
                     self.dropped["minute"] += 1
                     continue
-                row = minutes[key] = [0] * _N_ROLLUP
-                row[7] = row[9] = 0.0
+                row = minutes[key] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0.0, *_ZEROS]
                 self._rows += 1
             tid = c.span.trace_id
-            turn = 0
-            if tid not in traces:
+            if tid in seen or tid in older:
+                turn = 0
+            else:
                 turn = 1
-                traces[tid] = None
-                if len(traces) > _TRACES:
-                    traces.popitem(last=False)
-            inp, out = c.input_tokens or 0, c.output_tokens or 0
+                seen.add(tid)
+                if len(seen) >= _TRACES:
+                    self._older = older = seen
+                    self._seen = seen = set()
+            inp, out, cost = c.input_tokens or 0, c.output_tokens or 0, c.cost_usd or 0.0
             cr, cw, rs = c.cache_read_tokens or 0, c.cache_write_tokens or 0, c.reasoning_tokens or 0
-            cost = c.cost_usd or 0.0
-            err = 1 if c.error else 0
             row[0] += 1
-            row[1] += err
+            if error:
+                row[1] += 1
             row[2] += inp
             row[3] += out
-            row[4] += cr
-            row[5] += cw
-            row[6] += rs
+            if cr:
+                row[4] += cr
+            if cw:
+                row[5] += cw
+            if rs:
+                row[6] += rs
             row[7] += cost
             row[8] += turn
-            if c.end_time_unix_nano >= c.start_time_unix_nano and c.end_time_unix_nano:
-                seconds = (c.end_time_unix_nano - c.start_time_unix_nano) / 1e9
+            end = c.end_time_unix_nano
+            if end >= start and end:
+                seconds = (end - start) / 1e9
                 row[9] += seconds
-                row[_LAT0 + bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                row[_LAT0 + bisect_left(buckets, seconds)] += 1
             user, session = c.user, c.session
             if user is None and session is None:
                 continue
             day = minute // 86400 * 86400
+            err = 1 if error else 0
             for name, table, pkey in (
-                    ("user", users, (day, tenant, app, env, user) if user is not None else None),
-                    ("session", sessions, (day, tenant, app, env, session, user or "") if session is not None else None)):
+                    ("user", users, (day, c.tenant, c.app, c.environment, user) if user is not None else None),
+                    ("session", sessions,
+                     (day, c.tenant, c.app, c.environment, session, user) if session is not None else None)):
                 if pkey is None:
                     continue
                 prow = table.get(pkey)
                 if prow is None:
-                    if self._rows >= self.limit:
+                    if self._rows >= limit:
                         self.dropped[name] += 1
                         continue
-                    prow = table[pkey] = [0] * _N_PEOPLE
-                    prow[7] = 0.0
+                    prow = table[pkey] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0]
                     self._rows += 1
                 prow[0] += 1
                 prow[1] += err

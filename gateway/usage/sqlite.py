@@ -20,6 +20,7 @@ from gateway.usage.recorder import Rollups
 
 T = TypeVar("T")
 _BUSY_MS = 5000
+_CACHE_KIB = 32 * 1024  # per connection
 
 
 class SqliteStore:
@@ -38,6 +39,7 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")  # the day tables' pages stay in memory while written
         return db
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
@@ -49,6 +51,8 @@ class SqliteStore:
             parent.mkdir(parents=True, exist_ok=True)
             db = self._db()
             for statement in store.SCHEMA:
+                if statement.startswith("CREATE TABLE"):
+                    statement += " WITHOUT ROWID"  # rows stored in their primary key's order: half the size
                 db.execute(statement)
         await self._run(self._writer, create)
 

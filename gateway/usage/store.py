@@ -83,9 +83,9 @@ RETAIN = (
 
 def rows_of(rollups: Rollups) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The parameter rows of one flush: rollup rows get their resolution (60) after the minute."""
-    minutes = [(k[0], 60, *k[1:], *v) for k, v in rollups.minutes.items()]
-    users = [(*k, *v) for k, v in rollups.users.items()]
-    sessions = [(*k, *v) for k, v in rollups.sessions.items()]
+    minutes = [(k[0], 60, *(d or "" for d in k[1:7]), "error" if k[7] else "ok", *v) for k, v in rollups.minutes.items()]
+    users = [(k[0], *(d or "" for d in k[1:]), *v) for k, v in rollups.users.items()]
+    sessions = [(k[0], *(d or "" for d in k[1:]), *v) for k, v in rollups.sessions.items()]
     return minutes, users, sessions
 
 

@@ -5,7 +5,7 @@ Run from the repository root (see tests/bench/README.md):
 
     .venv/bin/python tests/bench/bench_gateway.py [--protocol grpc|http|both] [--clients N]
         [--concurrency C] [--duration S] [--max-requests N] [--llm-share F] [--trace-spans N]
-        [--tail WAIT [--tail-keep PCT] [--tail-cost USD]] [--json]
+        [--tail WAIT [--tail-keep PCT] [--tail-cost USD]] [--usage off|attribution|on] [--json]
 
 What it does, in one bounded run (about duration + 15 s):
 
@@ -31,7 +31,9 @@ What it does, in one bounded run (about duration + 15 s):
 6. Stops the gateway with SIGTERM and checks that the spans in the output file == the spans the
    clients had acknowledged (200 / OK, minus any partial_success rejections).
 
-Options worth knowing: `--discard` points the file sink at /dev/null (everything the gateway
+Options worth knowing: `--usage attribution|on` turns attribution (and with `on` the usage
+store) on (off otherwise, although both are on by default in otelgate, so the figures of other
+options compare with earlier runs), `--discard` points the file sink at /dev/null (everything the gateway
 does but the page-cache write; delivery is then checked with the sink's `sent` metric only),
 `--profile FILE` samples the gateway with py-spy during the load and prints where its time goes,
 `--json` prints every figure as one JSON object.
@@ -715,6 +717,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
                    "llm_share": args.llm_share, "trace_spans": args.trace_spans, "processors": not args.no_processors,
+                   "usage": args.usage,
                    "redact": args.redact,
                    "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
                    "sink_path": "/dev/null" if args.discard else "file in a temp dir",
@@ -745,6 +748,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.no_processors:
         config["pipeline"] = {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")}
+    # Attribution and usage accounting (on by default in otelgate) only with --usage, so the other
+    # figures keep the meaning they had before them.
+    config["usage"] = {"enabled": True, "path": str(workdir / "usage.db")} if args.usage == "on" else {"enabled": False}
+    if args.usage == "off":
+        config.setdefault("pipeline", {})["account"] = {"enabled": False}
     if args.redact:
         config.setdefault("pipeline", {})["redact"] = {
             "enabled": True, "content": args.redact, "hash_secret": "bench-secret-0123456789"}
@@ -1055,6 +1063,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("proto", "json"), default="proto", help="file sink format")
     parser.add_argument("--limits", metavar="JSON",
                         help='the gateway\'s `limits:` as JSON, e.g. \'{"max_attributes_per_span": 128}\'')
+    parser.add_argument("--usage", choices=("off", "attribution", "on"), default="off",
+                        help="attribution: the account processor attributes calls; on: and usage rollups to SQLite "
+                             "in the temp dir (default off, so the figures compare with runs before them)")
     parser.add_argument("--discard", action="store_true",
                         help="file sink path /dev/null: everything but the page-cache write (delivery checked by metric)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random trace/span ids")
