@@ -171,3 +171,18 @@ def test_routes_match_what_attribution_wrote(tmp_path: Path) -> None:
         assert "user.id" not in attrs
     finally:
         gw.stop()
+
+
+def test_a_reload_rebuilds_what_reads_attribution_and_only_that() -> None:
+    from gateway.pipeline import _named_processors
+    metrics = Metrics()
+    base = "sinks: {a: {type: file}}\n"
+    first = _named_processors(parse(base, environ={}), metrics)
+    same = _named_processors(parse(base, environ={}), metrics, first)
+    assert all(same[n][1] is first[n][1] for n in first)  # nothing changed: every processor kept
+    changed = _named_processors(parse(base + "attribution: {user: [customer.id]}", environ={}), metrics, first)
+    assert changed["account"][1] is not first["account"][1]
+    assert changed["normalize"][1] is not first["normalize"][1]  # it keeps attribution's keys in its pass
+    assert changed["price"][1] is first["price"][1] and changed["llm_metrics"][1] is first["llm_metrics"][1]
+    batch, (call,) = _batch({"customer.id": "c-1", "user.id": "ignored"}, config="attribution: {user: [customer.id]}")
+    assert call.user == "c-1"

@@ -41,6 +41,9 @@ from gateway.usage.recorder import LATENCY_BUCKETS, LATENCY_FIELDS
 _log = get_logger("budgets")
 MAX_KEY_SERIES = 1000  # per budget: gauge series of keys (only keys at warning or above, for `per:` budgets)
 EXCEEDED = "otelgate.budget.exceeded"
+# A firing rule alert tells Alertmanager it lasts this long (it is resolved explicitly when it
+# clears; the bound only matters if no gateway is left to say so).
+_RULE_ENDS_S = 86400.0
 
 
 def period_bounds(budget: BudgetConfig, now: float) -> tuple[int, int]:
@@ -295,6 +298,7 @@ class Alerter:
                     "ON CONFLICT (name, key, period_start, threshold) DO NOTHING", [name, key, rule.threshold, now])
                 if claimed == 1:
                     self.notifier.send(Alert("rule", rule.name, key, "firing", rule.threshold, value, starts_at=now,
+                                             ends_at=now + _RULE_ENDS_S,
                                              details={"type": rule.type, "window_s": rule.window, "calls": calls}),
                                        rule.receivers)
         for key, fired_at in firing.items():

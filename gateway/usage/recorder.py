@@ -138,7 +138,7 @@ class Recorder:
             row[7] += cost
             row[8] += turn
             end = c.end_time_unix_nano
-            if end >= start and end:
+            if start and end >= start:
                 seconds = (end - start) / 1e9
                 row[9] += seconds
                 row[_LAT0 + bisect_left(buckets, seconds)] += 1

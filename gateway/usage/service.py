@@ -44,7 +44,6 @@ class UsageService:
         self._last_logged = 0.0
         self._last_maintained = 0.0
         self._reported_drops = {"minute": 0, "user": 0, "session": 0}
-        self._flushed = asyncio.Event()  # set after each flush attempt (tests and shutdown wait on it)
         r = metrics.registry
         self.m_dropped = Counter("otelgate_usage_dropped", "LLM call contributions to usage rollups that could not "
                                  "be kept (pending rows at usage.max_pending_rows), by rollup", ["rollup"], registry=r)
@@ -100,8 +99,6 @@ class UsageService:
             self.m_flushes.labels("failed").inc()
             self._failed("flush", exc)
             return False
-        finally:
-            self._flushed.set()
         self.recorder.limit = self.config.max_pending_rows
         self.m_flushes.labels("ok").inc()
         if self._last_error is not None:
