@@ -3,8 +3,8 @@
 /health answers 503 `unavailable` while the gateway starts or drains, so a load balancer stops
 sending before listeners close; otherwise 200 with `ok`, or `degraded` while any sink (or the usage store, or alert delivery) is failing.
 
-With `admin.token`, every other path needs `Authorization: Bearer <token>` (401 otherwise);
-/health stays open for probes. The token is read from the config on each request, so a reload
+With `admin.token`, every other path needs `Authorization: Bearer <token>` (401 otherwise), or
+the usage page's cookie (gateway/ui: set by its login form); /health stays open for probes. The token is read from the config on each request, so a reload
 that swaps `config` changes it.
 """
 
@@ -19,12 +19,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import __version__
+from gateway import __version__, ui
 from gateway.config import AdminConfig
 from gateway.configtypes import split_endpoint
 from gateway.telemetry import Metrics
 
-_OPEN_PATHS = frozenset({"/health"})  # probes need no token
+_OPEN_PATHS = frozenset({"/health", ui.LOGIN_PATH, "/usage/static/usage.css"})  # probes; the login form
 
 
 class AdminServer:
@@ -76,7 +76,10 @@ class AdminServer:
             scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
             sent_digest = hashlib.sha256(sent.strip().encode("utf-8", "surrogateescape")).digest()
             expected = hashlib.sha256(token.get_secret_value().encode()).digest()
-            if not hmac.compare_digest(sent_digest, expected) or scheme.lower() != "bearer":
+            if (not hmac.compare_digest(sent_digest, expected) or scheme.lower() != "bearer") and \
+                    not ui.cookie_ok(request, token.get_secret_value()):
+                if request.path == "/usage" and request.method == "GET":
+                    return ui.login_page()
                 return web.Response(status=401, text="send Authorization: Bearer <admin.token>\n",
                                     headers={"WWW-Authenticate": 'Bearer realm="otelgate-admin"'})
         return await handler(request)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from gateway import logs
+from gateway import logs, ui
 from gateway.admin import AdminServer
 from gateway.budgets.alerter import Alerter
 from gateway.config import Config, ConfigError, load
@@ -99,6 +99,8 @@ class Gateway:
         self.alerter = Alerter(config.budgets, config.alerts, self.usage, self.metrics) \
             if self.usage is not None and (config.budgets or config.alerts.rules) else None
         self.admin.routes.extend(usage_api.routes(self.usage, self.alerter))
+        admin = self.admin
+        self.admin.routes.extend(ui.routes(lambda: admin.config.token.get_secret_value() if admin.config.token else None))
         if self.usage is not None:
             self.admin.health_sections["usage"] = self.usage.health
         if self.alerter is not None:

@@ -27,6 +27,10 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 _SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 100.0)  # 0..1, 1-5 stars, 0-10; no negative bound, or prometheus-client hides _sum (-1 counts in le=0)
 _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+# Input tokens per call: fine enough around the "large prompt" thresholds (2k, 5k, 10k) alert rules use.
+_INPUT_TOKEN_BUCKETS = (100, 250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000)
+# Who an LLM call belongs to (gateway/usage/attribution.py), capped like `model`; users never become labels.
+_OWNER = ["tenant", "app", "environment"]
 
 
 class _QueueGauges(Collector):
@@ -169,16 +173,20 @@ class Metrics:
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
         self.llm_requests = Counter(
             "otelgate_llm_requests", "LLM provider calls; model: the requested model, response_model: the one that answered "
-            "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status"], registry=r)
+            "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status", *_OWNER],
+            registry=r)
         self.llm_tokens = Counter(
             "otelgate_llm_tokens", "Tokens of LLM calls by type (input includes cache; output includes reasoning)",
-            ["service", "provider", "model", "type"], registry=r)
+            ["service", "provider", "model", "type", *_OWNER], registry=r)
         self.llm_cost = Counter(
             "otelgate_llm_cost_usd", "Cost of LLM calls in USD, by where the figure came from",
-            ["service", "provider", "model", "source"], registry=r)
+            ["service", "provider", "model", "source", *_OWNER], registry=r)
         self.llm_duration = Histogram(
-            "otelgate_llm_request_duration_seconds", "Duration of LLM call spans", ["service", "provider", "model"],
-            buckets=_LLM_BUCKETS, registry=r)
+            "otelgate_llm_request_duration_seconds", "Duration of LLM call spans",
+            ["service", "provider", "model", *_OWNER], buckets=_LLM_BUCKETS, registry=r)
+        self.llm_input_tokens_per_call = Histogram(
+            "otelgate_llm_input_tokens_per_call", "Input tokens (cache included) of each LLM call that reported them",
+            ["app", "model"], buckets=_INPUT_TOKEN_BUCKETS, registry=r)
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
 
