@@ -1,10 +1,10 @@
 """Admin endpoint: `GET /health` (JSON) and `GET /metrics` (Prometheus text).
 
 /health answers 503 `unavailable` while the gateway starts or drains, so a load balancer stops
-sending before listeners close; otherwise 200 with `ok`, or `degraded` while any sink is failing.
+sending before listeners close; otherwise 200 with `ok`, or `degraded` while any sink (or the usage store, or alert delivery) is failing.
 
-With `admin.token`, every other path needs `Authorization: Bearer <token>` (401 otherwise);
-/health stays open for probes. The token is read from the config on each request, so a reload
+With `admin.token`, every other path needs `Authorization: Bearer <token>` (401 otherwise), or
+the usage page's cookie (gateway/ui: set by its login form); /health stays open for probes. The token is read from the config on each request, so a reload
 that swaps `config` changes it.
 """
 
@@ -19,12 +19,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import __version__
+from gateway import __version__, ui
 from gateway.config import AdminConfig
 from gateway.configtypes import split_endpoint
 from gateway.telemetry import Metrics
 
-_OPEN_PATHS = frozenset({"/health"})  # probes need no token
+_OPEN_PATHS = frozenset({"/health", ui.LOGIN_PATH, "/usage/static/usage.css"})  # probes; the login form
 
 
 class AdminServer:
@@ -38,21 +38,30 @@ class AdminServer:
         self._config_status = config_status
         self._started = time.monotonic()
         self._runner: web.AppRunner | None = None
+        # Added by other parts before start (the usage API): (method, path, handler); and /health sections.
+        self.routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
+        self.health_sections: dict[str, Callable[[], dict[str, object]]] = {}
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._require_token])
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics_text)
+        for method, path, handler in self.routes:
+            app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        host, port = split_endpoint(self.config.endpoint)
+        unix = self.config.endpoint.startswith("unix:")  # a worker's, read by its supervisor
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            if unix:
+                await web.UnixSite(runner, self.config.endpoint[5:]).start()
+            else:
+                host, port = split_endpoint(self.config.endpoint)
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.endpoint = f"{host}:{runner.addresses[0][1]}"
+        self.endpoint = self.config.endpoint if unix else f"{host}:{runner.addresses[0][1]}"
 
     async def shutdown(self) -> None:
         if self._runner is not None:
@@ -67,16 +76,20 @@ class AdminServer:
             scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
             sent_digest = hashlib.sha256(sent.strip().encode("utf-8", "surrogateescape")).digest()
             expected = hashlib.sha256(token.get_secret_value().encode()).digest()
-            if not hmac.compare_digest(sent_digest, expected) or scheme.lower() != "bearer":
+            if (not hmac.compare_digest(sent_digest, expected) or scheme.lower() != "bearer") and \
+                    not ui.cookie_ok(request, token.get_secret_value()):
+                if request.path == "/usage" and request.method == "GET":
+                    return ui.login_page()
                 return web.Response(status=401, text="send Authorization: Bearer <admin.token>\n",
                                     headers={"WWW-Authenticate": 'Bearer realm="otelgate-admin"'})
         return await handler(request)
 
     def health(self) -> tuple[int, dict[str, object]]:
         sinks = self._sinks_health()
+        sections = {name: section() for name, section in self.health_sections.items()}
         if self.state != "running":
             status, code = "unavailable", 503
-        elif any(s["status"] in ("failing", "full") for s in sinks.values()):
+        elif any(s["status"] in ("failing", "full") for s in (*sinks.values(), *sections.values())):
             status, code = "degraded", 200
         else:
             status, code = "ok", 200
@@ -84,6 +97,7 @@ class AdminServer:
                 "sinks": sinks}
         if self._config_status is not None:
             body["config"] = self._config_status()
+        body.update(sections)
         return code, body
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -15,12 +15,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from gateway import logs
+from gateway import logs, ui
 from gateway.admin import AdminServer
+from gateway.budgets.alerter import Alerter
 from gateway.config import Config, ConfigError, load
 from gateway.configtypes import split_endpoint
 from gateway.logs import get_logger
@@ -29,7 +30,10 @@ from gateway.processors import Processor
 from gateway.receivers.intake import Intake
 from gateway.receivers.otlp_grpc import OtlpGrpcReceiver
 from gateway.receivers.otlp_http import OtlpHttpReceiver
+from gateway.service import worker_id
 from gateway.telemetry import Metrics
+from gateway.usage import api as usage_api
+from gateway.usage.service import UsageService
 
 _log = get_logger("gateway")
 
@@ -65,16 +69,26 @@ class ConfigStatus:
 
 class Gateway:
     def __init__(self, config: Config, processors: Sequence[Processor] | None = None,
-                 config_path: str | os.PathLike[str] | None = None) -> None:
-        """`config_path` is the file `config` came from: it is watched and reloaded on change or SIGHUP."""
+                 config_path: str | os.PathLike[str] | None = None,
+                 loader: Callable[[Path], Config] = load) -> None:
+        """`config_path` is the file `config` came from: it is watched and reloaded on change or SIGHUP,
+        read with `loader` (a worker's adjusts ports, admin socket and disk queue directories)."""
         self.config = config
+        self._load = loader
+        self._worker = worker_id()
         self.config_path = Path(config_path) if config_path is not None else None
         self.config_status = ConfigStatus()
         self._config_digest = _digest(self.config_path)
         self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
-        self.pipeline = Pipeline(config, self.metrics, processors)
-        self.intake = intake = Intake(self.pipeline, self.metrics)
+        # Usage accounting: the account processor feeds its recorder; the store is written off the hot path.
+        self.usage = UsageService(config.usage, self.metrics) if config.usage.enabled else None
+        self.pipeline = Pipeline(config, self.metrics, processors, self.usage.recorder if self.usage else None)
+        self.affinity = None  # with workers, when the config decides on whole traces
+        if self._worker is not None:
+            from gateway.service.workers import affinity_for
+            self.affinity = affinity_for(config, self.pipeline, self._worker)
+        self.intake = intake = Intake(self.affinity or self.pipeline, self.metrics)
         intake.configure(config)  # API keys and limits; a reload calls it again
         self.receivers: dict[str, Receiver] = {}
         if config.receivers.grpc is not None:
@@ -82,6 +96,15 @@ class Gateway:
         if config.receivers.http is not None:
             self.receivers["OTLP/HTTP"] = OtlpHttpReceiver(config.receivers.http, intake)
         self.admin = AdminServer(config.admin, self.metrics, self.pipeline.health, self.config_status.as_dict)
+        self.alerter = Alerter(config.budgets, config.alerts, self.usage, self.metrics) \
+            if self.usage is not None and (config.budgets or config.alerts.rules) else None
+        self.admin.routes.extend(usage_api.routes(self.usage, self.alerter))
+        admin = self.admin
+        self.admin.routes.extend(ui.routes(lambda: admin.config.token.get_secret_value() if admin.config.token else None))
+        if self.usage is not None:
+            self.admin.health_sections["usage"] = self.usage.health
+        if self.alerter is not None:
+            self.admin.health_sections["alerts"] = self.alerter.health
         self._started: list[str] = []
         self._listening = _listener_settings(config)  # what the sockets were bound with: a reload keeps them
 
@@ -96,15 +119,24 @@ class Gateway:
 
         Every listener's address is tried first, before any part starts, so a wrong or taken
         address fails before a sink has created a file or a queue directory."""
-        for key, endpoint in self._listener_keys():
-            _probe_listen(key, endpoint)
+        if self._worker is None:  # a worker's siblings already hold the shared ports (SO_REUSEPORT)
+            for key, endpoint in self._listener_keys():
+                _probe_listen(key, endpoint)
         try:
             try:
                 await self.admin.start()
             except OSError as exc:
                 raise StartError(f"admin.endpoint {self.config.admin.endpoint!r}: cannot listen: {_why(exc)}") from exc
-            _log.info("admin listening", endpoint=self.admin.endpoint, paths="/health /metrics")
+            # A worker's admin socket is its supervisor's business, not the public endpoint.
+            _log.info("admin listening" if self._worker is None else "worker admin socket",
+                      endpoint=self.admin.endpoint, paths="/health /metrics")
+            if self.usage is not None:
+                await self.usage.start()
+            if self.alerter is not None:
+                await self.alerter.start()
             await self.pipeline.start()
+            if self.affinity is not None:
+                await self.affinity.start()
             for (key, value), (name, receiver) in zip(self._listener_keys()[1:], self.receivers.items()):
                 try:
                     await receiver.start()
@@ -120,8 +152,9 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(700, 10, 100)  # full passes 10x rarer: the trace buffer holds many young objects
         self.admin.state = "running"
-        _log.info("loaded", **_loaded_summary(self))
-        _log.info("ready", sinks=",".join(self.pipeline.drivers))
+        if self._worker is None:
+            _log.info("loaded", **_loaded_summary(self))
+        _log.info("ready" if self._worker is None else "worker up", sinks=",".join(self.pipeline.drivers))
 
     async def stop(self) -> None:
         """Idempotent; safe after a partial start."""
@@ -130,7 +163,13 @@ class Gateway:
         for name in reversed(self._started):
             await self.receivers[name].shutdown()
         self._started.clear()
+        if self.affinity is not None:
+            await self.affinity.stop()
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        if self.alerter is not None:
+            await self.alerter.stop()
+        if self.usage is not None:
+            await self.usage.stop(min(5.0, max(1.0, deadline - time.monotonic())))
         await self.admin.shutdown()
 
     async def reload(self, reason: str) -> bool:
@@ -145,7 +184,7 @@ class Gateway:
         async with self._reload_lock:
             digest = _digest(self.config_path)
             try:
-                config = load(self.config_path)
+                config = self._load(self.config_path)
             except Exception as exc:  # load raises ConfigError only; anything else is still a rejected reload
                 self._config_digest = digest
                 errors = exc.errors if isinstance(exc, ConfigError) else [f"{self.config_path}: cannot load: {exc!r}"]
@@ -162,6 +201,10 @@ class Gateway:
             pending = _listener_diff(self._listening, _listener_settings(config)) or None
             for change in pending or ():
                 _log.warning("config: takes a restart; the running listener stays", change=change)
+            if (config.budgets, config.alerts) != (self.config.budgets, self.config.alerts):
+                _log.warning("config: budgets or alerts changed; that takes a restart (kept the running ones)")
+            if config.usage != self.config.usage:
+                _log.warning("config: usage changed; that takes a restart (kept the running usage store)")
             try:
                 await self.pipeline.reload(config, config.service.shutdown_grace)
             except Exception as exc:

@@ -1,4 +1,4 @@
-"""Command line: `otelgate run` and `otelgate check`."""
+"""Command line: `otelgate run`, `otelgate check`, `otelgate price` and `otelgate usage`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from gateway import __version__, logs
 from gateway.config import Config, ConfigError, load
+from gateway.usage import cli as usage_cli
 
 
 def _summary(config: Config) -> str:
@@ -73,6 +74,19 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("config warning", warning=warning)
     log.info("starting", version=__version__, config=args.config or "<embedded default>")
 
+    from gateway.service import worker_id
+
+    loader = None
+    if worker_id() is not None:  # started by a supervisor (service.workers > 1)
+        from gateway.service.workers import worker_setup
+        config, loader = worker_setup(config)
+    elif config.service.worker_count() > 1:
+        from gateway.service.workers import supervise
+        return supervise(config, args.config, args.log_format)
+    elif any(sc.queue.type == "disk" for sc in config.sinks.values()):
+        from gateway.service.workers import adopt_orphans
+        adopt_orphans(config, None, 1)  # disk queues left by workers of an earlier `service.workers`
+
     from gateway.app import Gateway, StartError  # imported late: `check` stays fast and free of grpc
 
     try:
@@ -82,7 +96,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(Gateway(config, config_path=args.config).run_until_signalled())
+        gateway = Gateway(config, config_path=args.config) if loader is None else \
+            Gateway(config, config_path=args.config, loader=loader)
+        runner(gateway.run_until_signalled())
     except StartError as exc:
         log.error("cannot start", error=str(exc))
         return 1
@@ -166,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     price.add_argument("--at", help="ISO date or time of the call, for historic prices (default: now)")
     price.add_argument("-c", "--config", help="config YAML whose pipeline.price.overrides apply")
     price.set_defaults(func=_price)
+    usage_cli.add_parser(commands)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -30,6 +30,9 @@ from gateway.receivers.limits import LimitsConfig
 from gateway.receivers.tls import ServerTlsConfig
 from gateway.sampling.head import HeadConfig
 from gateway.sampling.tail import POLICY_TYPES, TailConfig
+from gateway.budgets.config import AlertsConfig, BudgetConfig
+from gateway.usage.attribution import AttributionConfig
+from gateway.usage.config import UsageConfig
 
 _ENV = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")  # `$$`, `${...}`, or an unclosed `${`
 _ENV_REF = re.compile(r"^(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
@@ -127,6 +130,32 @@ class ServiceConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     config_watch_interval: Duration = Field(
         1.0, description="How often the config file is checked for changes (0: only on SIGHUP).")
+    workers: int | Literal["auto"] = Field(
+        1, description="Worker processes sharing the receivers' ports (auto: one per core); see docs/scaling.md.")
+
+    @model_validator(mode="after")
+    def _workers_positive(self) -> "ServiceConfig":
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 256:
+            raise ValueError("workers: expected 1 to 256, or auto")
+        return self
+
+    def worker_count(self) -> int:
+        """`workers` as a number (`auto`: the cores this process may run on)."""
+        if self.workers == "auto":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            return max(1, min(cores, _cgroup_cpus() or cores))
+        return int(self.workers)
+
+
+def _cgroup_cpus() -> int | None:
+    """The cores a cgroup v2 CPU quota allows (a container's `limits.cpu`), rounded up; None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 class _Processors(StrictModel):
@@ -165,6 +194,11 @@ class Config(StrictModel):
     auth: AuthConfig | None = Field(None, description="API keys the receivers require; omitted: anyone may send.")
     limits: LimitsConfig | None = Field(None, description="Bounds on what one request may hold; omitted: none.")
     service: ServiceConfig = ServiceConfig()
+    usage: UsageConfig = Field(UsageConfig(), description="Usage rollups (who spent what); on by default, SQLite.")
+    budgets: list[BudgetConfig] = Field([], description="Spend limits per period, read from the usage store.")
+    alerts: AlertsConfig = Field(AlertsConfig(), description="Where budget and rule notifications go; alert rules.")
+    attribution: AttributionConfig = Field(
+        AttributionConfig(), description="Where each LLM call's tenant, app, user, session and environment come from.")
 
     @model_validator(mode="after")
     def _routes_refer_to_sinks(self) -> "Config":
@@ -172,6 +206,7 @@ class Config(StrictModel):
         if self.pipeline.price.enabled and not self.pipeline.normalize.enabled:
             errors.append("pipeline.price: pricing reads what pipeline.normalize finds; enable it or disable price")
         errors.extend(self._route_errors())
+        errors.extend(self._budget_errors())
         errors.extend(self._loop_errors())
         if errors:
             raise ConfigError(errors)
@@ -237,6 +272,20 @@ class Config(StrictModel):
                     compile_match(policy.match, f"sampling.tail.policies[{i}].match")
                 except MatchError as exc:
                     errors.extend(exc.errors)
+        return errors
+
+    def _budget_errors(self) -> list[str]:
+        errors: list[str] = []
+        if (self.budgets or self.alerts.rules) and not self.usage.enabled:
+            errors.append("budgets: budgets and alert rules read the usage store; enable usage (usage.enabled: true)")
+        names = [b.name for b in self.budgets]
+        receivers = {r.name for r in self.alerts.receivers}
+        for i, budget in enumerate(self.budgets):
+            if names.count(budget.name) > 1 and names.index(budget.name) != i:
+                errors.append(f"budgets[{i}].name: duplicate budget name {budget.name!r}")
+            for j, name in enumerate(budget.receivers or ()):
+                if name not in receivers:
+                    errors.append(f"budgets[{i}].receivers[{j}]: no receiver named {name!r} in alerts.receivers")
         return errors
 
     def _loop_errors(self) -> list[str]:

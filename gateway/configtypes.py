@@ -12,8 +12,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
 
@@ -83,7 +83,7 @@ def _parse_endpoint(value: object) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(_parse_duration)]
-"""Seconds, written as `5s`, `200ms`, `1m` or `1h` (in a file a bare number other than 0 is an error)."""
+"""Seconds, written as `5s`, `200ms`, `1m`, `1h` or `30d` (in a file a bare number other than 0 is an error)."""
 
 ByteSize = Annotated[int, BeforeValidator(_parse_size)]
 """Bytes, written as `4MiB`, `20MB` or a number of bytes."""

@@ -59,9 +59,12 @@ class Flow:
 
 
 class Pipeline:
-    def __init__(self, config: Config, metrics: Metrics, processors: Sequence[Processor] | None = None) -> None:
-        """`processors` replaces the configured chain (tests inject one); None builds it from `pipeline:`."""
+    def __init__(self, config: Config, metrics: Metrics, processors: Sequence[Processor] | None = None,
+                 usage: object = None) -> None:
+        """`processors` replaces the configured chain (tests inject one); None builds it from `pipeline:`.
+        `usage` is the usage store's recorder the `account` processor feeds (None: usage off)."""
         self.metrics = metrics
+        self.usage = usage
         self._injected = tuple(processors) if processors is not None else None
         self.drivers = {d.key: d for d in (self._driver(name, cfg, signal) for name, cfg, signal in _needed(config))}
         self.flow = self._build(config, self.drivers, None)
@@ -72,6 +75,8 @@ class Pipeline:
         metrics.watch_queues(self._queue_rows)
 
     def _driver(self, name: str, cfg: object, signal: Signal) -> SinkDriver:
+        if hasattr(module := SINKS[cfg.type], "create_driver"):  # type: ignore[attr-defined]  # queues per backend
+            return module.create_driver(name, cfg, self.metrics, signal)  # type: ignore[no-any-return]
         sink = SINKS[cfg.type].create(name, cfg, signal)  # type: ignore[attr-defined]
         return SinkDriver(name, sink, cfg, self.metrics, signal)  # type: ignore[arg-type]
 
@@ -83,7 +88,7 @@ class Pipeline:
         if self._injected is not None:
             chain, named = list(self._injected), {}
         else:
-            named = _named_processors(config, self.metrics, named)
+            named = _named_processors(config, self.metrics, named, self.usage)
             chain = _with_head_sampling(config, named, self.metrics)
         chains = {"traces": tuple(chain)}
         for sig in ("logs", "metrics"):  # the same chain, less what does not read that signal
@@ -283,9 +288,9 @@ def _needed(config: Config) -> list[tuple[str, object, Signal]]:
     return out
 
 
-def build_processors(config: Config, metrics: Metrics) -> list[Processor]:
+def build_processors(config: Config, metrics: Metrics, usage: object = None) -> list[Processor]:
     """The chain a trace batch goes through for `config` (processors and head sampling)."""
-    return _with_head_sampling(config, _named_processors(config, metrics), metrics)
+    return _with_head_sampling(config, _named_processors(config, metrics, None, usage), metrics)
 
 
 def _with_head_sampling(config: Config, named: dict[str, tuple[object, Processor]], metrics: Metrics) -> list[Processor]:
@@ -297,23 +302,25 @@ def _with_head_sampling(config: Config, named: dict[str, tuple[object, Processor
     return [*before, *head, *after]
 
 
-def _named_processors(config: Config, metrics: Metrics,
-                      previous: dict[str, tuple[object, Processor]] | None = None) -> dict[str, tuple[object, Processor]]:
+def _named_processors(config: Config, metrics: Metrics, previous: dict[str, tuple[object, Processor]] | None = None,
+                      usage: object = None) -> dict[str, tuple[object, Processor]]:
     """The enabled processors of `pipeline:`, in registry order, by name with their settings.
 
     A processor whose settings equal those in `previous` is reused (a reload keeps its caches
     and background work). Head sampling is not among them: it runs after them, so the LLM
     metrics count every call, sampled or not.
     """
-    context = ProcessorContext(metrics)
+    context = ProcessorContext(metrics, config, usage)
     previous = previous or {}
     chain: dict[str, tuple[object, Processor]] = {}
     for name, module in PROCESSORS.items():
         settings = getattr(config.pipeline, name)
         if not settings.enabled:
             continue
+        # What it is built from: its settings, and the top-level keys it also reads (attribution).
+        key = module.settings(config) if hasattr(module, "settings") else settings
         before = previous.get(name)
-        chain[name] = before if before is not None and before[0] == settings else (settings, module.create(settings, context))
+        chain[name] = before if before is not None and before[0] == key else (key, module.create(settings, context))
     return chain
 
 

@@ -15,7 +15,8 @@ import platform
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
                                disable_created_metrics, generate_latest)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.samples import Sample
 from prometheus_client.registry import Collector
 
 # `*_created` series double the output and no dashboard reads them (the Collector has none).
@@ -26,6 +27,10 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 _SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 100.0)  # 0..1, 1-5 stars, 0-10; no negative bound, or prometheus-client hides _sum (-1 counts in le=0)
 _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+# Input tokens per call: fine enough around the "large prompt" thresholds (2k, 5k, 10k) alert rules use.
+_INPUT_TOKEN_BUCKETS = (100, 250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000)
+# Who an LLM call belongs to (gateway/usage/attribution.py), capped like `model`; users never become labels.
+_OWNER = ["tenant", "app", "environment"]
 
 
 class _QueueGauges(Collector):
@@ -45,6 +50,45 @@ class _QueueGauges(Collector):
         yield capacity
 
 
+class _SentChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class SentCounter(Collector):
+    """`otelgate_sink_sent_*_total{sink}`, and `{sink, backend}` for the backends of a
+    loadbalancing sink: one family whose series carry a `backend` label only where there is one
+    (prometheus-client's Counter needs one label set per family)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._children: dict[tuple[str, str | None], _SentChild] = {}
+        registry.register(self)
+
+    def labels(self, sink: str, backend: str | None = None) -> _SentChild:
+        key = (sink, backend)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _SentChild()
+        return child
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return [CounterMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation)
+        for (sink, backend), child in list(self._children.items()):
+            labels = {"sink": sink} if backend is None else {"sink": sink, "backend": backend}
+            family.samples.append(Sample(self._name + "_total", labels, child.value))
+        yield family
+
+
 ITEMS = {"traces": "spans", "logs": "log_records", "metrics": "metric_points"}
 
 
@@ -62,7 +106,7 @@ class SignalCounters:
             f"otelgate_receiver_rejected_{items}", f"{what} rejected as invalid (reported in partial_success) or over a limit "
             "(the whole request); not retryable",
             ["protocol", "reason"], registry=r)
-        self.sink_sent = Counter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", ["sink"], registry=r)
+        self.sink_sent = SentCounter(f"otelgate_sink_sent_{items}", f"{what} a sink delivered", r)
         self.sink_failed = Counter(
             f"otelgate_sink_failed_{items}", f"{what} in send attempts that failed (they may be retried)", ["sink"], registry=r)
         self.sink_dropped = Counter(
@@ -129,16 +173,20 @@ class Metrics:
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
         self.llm_requests = Counter(
             "otelgate_llm_requests", "LLM provider calls; model: the requested model, response_model: the one that answered "
-            "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status"], registry=r)
+            "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status", *_OWNER],
+            registry=r)
         self.llm_tokens = Counter(
             "otelgate_llm_tokens", "Tokens of LLM calls by type (input includes cache; output includes reasoning)",
-            ["service", "provider", "model", "type"], registry=r)
+            ["service", "provider", "model", "type", *_OWNER], registry=r)
         self.llm_cost = Counter(
             "otelgate_llm_cost_usd", "Cost of LLM calls in USD, by where the figure came from",
-            ["service", "provider", "model", "source"], registry=r)
+            ["service", "provider", "model", "source", *_OWNER], registry=r)
         self.llm_duration = Histogram(
-            "otelgate_llm_request_duration_seconds", "Duration of LLM call spans", ["service", "provider", "model"],
-            buckets=_LLM_BUCKETS, registry=r)
+            "otelgate_llm_request_duration_seconds", "Duration of LLM call spans",
+            ["service", "provider", "model", *_OWNER], buckets=_LLM_BUCKETS, registry=r)
+        self.llm_input_tokens_per_call = Histogram(
+            "otelgate_llm_input_tokens_per_call", "Input tokens (cache included) of each LLM call that reported them",
+            ["app", "model"], buckets=_INPUT_TOKEN_BUCKETS, registry=r)
         self.llm_unpriced = Counter(
             "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
 

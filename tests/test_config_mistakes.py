@@ -232,7 +232,7 @@ routes:
         "sinks.lf.secret_key: environment variable LF_SK_UNSET is not set",
         "sinks.lf.enviroment: unknown key; did you mean 'environment'?",
         "sinks.lf.batch.max_delay: a duration needs a unit: write 200ms or 200s",
-        "sinks.archive.type: unknown sink type 'fiel'; expected one of: file, otlp, jaeger, langfuse; did you mean 'file'?",
+        "sinks.archive.type: unknown sink type 'fiel'; expected one of: file, otlp, jaeger, langfuse, loadbalancing; did you mean 'file'?",
         "routes[0].sinks[1]: no sink named 'archiv' (sinks: archive, lf); did you mean 'archive'?",
     ]:
         assert expected in result.stderr, f"{expected!r} not in:\n{result.stderr}"

@@ -30,6 +30,7 @@ PUBLISHED = {
     "text-embedding-3-small": (0.02, 0.02, 0.02, 0.0),
     "claude-sonnet-4": (3.00, 0.30, 3.75, 15.00),
     "claude-3-5-haiku": (0.80, 0.08, 1.00, 4.00),
+    "gemini-2.0-flash": (0.10, 0.025, 0.10, 0.40),  # Google AI Studio (Gemini API) pricing page
 }
 
 # Which canonical counts each library reports on a successful call (fixtures README,
@@ -244,3 +245,134 @@ def test_llm_metrics(replayed) -> None:
     assert total("otelgate_llm_unpriced_spans_total") == 0
     pydantic_calls = len(_expected_calls("pydantic_ai"))
     assert total("otelgate_llm_requests_total", service="capture-pydantic_ai") == pydantic_calls
+
+
+# -- captures made with tests/capture/ (a fake provider whose log is the truth) -------------------------
+
+# Captured fixtures (tests/capture/README.md): each `calls[i]` is one request the fake provider
+# answered, with `llm_spans`, every LLM span that covers it or names its response id. Exactly one
+# of them must stand for the call (otelgate.llm.call=true), with every token kind in semconv
+# meaning equal to the provider's truth (what the library does not report listed below), priced
+# at the published price; a failed call is counted once and never priced.
+CAPTURED = ["logfire", "langchain_openllmetry", "langchain_openinference", "dify_runtime", "litellm_otel",
+            "openai_agents_openinference", "google_genai", "vercel_ai_v6", "vercel_ai_v7", "openai_agents_logfire"]
+CAPTURED = [n for n in CAPTURED if (FIXTURES / f"{n}.expected.json").exists()]
+# Token kinds the library leaves out, by (fixture, api): those must be absent (or 0).
+CAPTURED_OMITS: dict[tuple[str, str], set[str]] = {
+    # OpenLLMetry's LangChain spans: no reasoning count (o3-mini's 80 are inside output_tokens).
+    ("langchain_openllmetry", "openai.chat.completions"): {"reasoning"},
+    # Dify's runtime spans (replica): only llm.input_tokens / llm.output_tokens.
+    ("dify_runtime", "openai.chat.completions"): {"cache_read", "reasoning"},
+    # AI SDK 7's @ai-sdk/otel spans: no reasoning count (o4-mini's are inside output_tokens).
+    ("vercel_ai_v7", "openai.responses"): {"reasoning"},
+}
+# Libraries that report their own cost (checked against the published price all the same), except a
+# reported 0 (LiteLLM without a price for the model), which otelgate prices itself.
+REPORTS_COST = {"litellm_otel"}
+# OpenInference on the Agents SDK: `llm.invocation_parameters` (the only place a requested model
+# could be) holds the *response's* fields, so the model read as requested is the returned
+# snapshot; a failed call's span names no model at all.
+REQUEST_MODEL_IS_RETURNED = {"openai_agents_openinference"}
+# Libraries that record no response model (the requested one is priced).
+NO_RESPONSE_MODEL = {"dify_runtime", ("vercel_ai_v6", "openai.embeddings"), ("vercel_ai_v7", "openai.embeddings")}
+# Where the library reports the requested model as the response model, by (fixture, api, stream):
+# LangChain's streamed chat (its chunks carry no model name), OpenInference on the Responses API.
+RESPONSE_MODEL_IS_REQUESTED = {
+    ("langchain_openllmetry", "openai.chat.completions", True),
+    ("langchain_openinference", "openai.chat.completions", True),
+    ("langchain_openinference", "openai.responses", False),
+    ("litellm_otel", "openai.chat.completions", True),
+}
+
+
+def _captured_truth(name: str) -> dict[str, Any]:
+    return orjson.loads((FIXTURES / f"{name}.expected.json").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str, Any]], str]:
+    workdir = tmp_path_factory.mktemp("captured")
+    gw = GatewayProcess(gateway_config(workdir, llm=True), workdir).wait_ready()
+    try:
+        total = 0
+        for name in CAPTURED:
+            total += _captured_truth(name)["counts"]["spans"]
+            for body in read_records(FIXTURES / f"{name}.otlp.bin"):
+                r = requests.post(f"{gw.http}/v1/traces", data=body,
+                                  headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+                assert r.status_code == 200
+        path = workdir / "out.jsonl"
+        spans = wait_for(lambda: (s := spans_in(read_json_lines(path))) and len(s) >= total and s)
+        metrics = requests.get(f"{gw.admin}/metrics", timeout=5).text
+    finally:
+        gw.stop()
+    return {s["spanId"]: s for s in spans}, metrics
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_captured_call_by_call(captured, name: str) -> None:
+    spans, _ = captured
+    truth = _captured_truth(name)
+    call_spans = set()
+    for call in truth["calls"]:
+        where = f"{name} call {call['seq']} ({call['api']}, {call['model_requested']}, {call['http_status']})"
+        if not call["llm_spans"]:
+            continue  # the library emitted no span for it (README): no usage to see, none invented
+        marked = [spans[s["span_id"]] for s in call["llm_spans"] if _attrs(spans[s["span_id"]]).get("otelgate.llm.call")]
+        assert len(marked) == 1, f"{where}: {len(marked)} spans stand for the call"
+        span = marked[0]
+        call_spans.add(span["spanId"])
+        a = _attrs(span)
+        assert a.get("gen_ai.provider.name") == call["provider"], where
+        if name in REQUEST_MODEL_IS_RETURNED:
+            assert a.get("gen_ai.request.model") == call["model_returned"], where
+        else:
+            assert a.get("gen_ai.request.model") == call["model_requested"], where
+        if call["api"] == "openai.embeddings":
+            assert a.get("gen_ai.operation.name") == "embeddings", where
+        if call["http_status"] != 200:
+            errored = span.get("status", {}).get("code") == 2 or any(e["name"] == "exception" for e in span.get("events", []))
+            assert errored, where
+            assert "gen_ai.usage.cost" not in a and "gen_ai.usage.input_tokens" not in a, where
+            continue
+        returned = call["model_returned"]
+        if (name, call["api"], call["stream"]) in RESPONSE_MODEL_IS_REQUESTED:
+            returned = call["model_requested"]
+        if name not in NO_RESPONSE_MODEL and (name, call["api"]) not in NO_RESPONSE_MODEL:
+            assert a.get("gen_ai.response.model") == returned, where
+        t = call["tokens"]
+        omitted = CAPTURED_OMITS.get((name, call["api"]), set())
+        want = {"input": t["input_tokens_incl_cache"], "output": t["output_tokens"], "cache_read": t["cached_tokens"],
+                "cache_write": t["cache_creation_tokens"], "reasoning": t["reasoning_tokens"]}
+        want = {k: (None if k in omitted else v) for k, v in want.items()}
+        for kind, key in CANONICAL.items():
+            assert (a.get(key) or 0) == (want[kind] or 0), f"{where}: {key} = {a.get(key)}, truth {want[kind]}"
+        cost = published_cost(call["model_returned"], want)
+        source = "reported" if name in REPORTS_COST and a.get("gen_ai.cost.total_cost") else "computed"
+        assert a.get("otelgate.cost.source") == source, where
+        assert abs(a["gen_ai.usage.cost"] - cost) <= 1e-9, f"{where}: cost {a['gen_ai.usage.cost']} != {cost}"
+        assert a["gen_ai.usage.cost.amount"] == a["gen_ai.usage.cost"] and a["gen_ai.usage.cost.currency"] == "USD"
+        assert a["gen_ai.usage.cost.source"] == source, where
+    # No other span of these traces is a call or carries a cost.
+    traces = {s["trace_id"] for c in truth["calls"] for s in c["llm_spans"]}
+    for span in spans.values():
+        if span["traceId"] in traces and span["spanId"] not in call_spans:
+            a = _attrs(span)
+            assert "otelgate.llm.call" not in a and "gen_ai.usage.cost" not in a, f"{name}: {span['name']} counted"
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_captured_metrics_count_each_call_once(captured, name: str) -> None:
+    _, text = captured
+    truth = _captured_truth(name)
+    requests_total = errors = 0.0
+    service = truth.get("service", f"capture-{name}")
+    for line in text.splitlines():
+        if line.startswith("otelgate_llm_requests_total{") and f'service="{service}"' in line:
+            value = float(line.rsplit(" ", 1)[1])
+            requests_total += value
+            if 'status="error"' in line:
+                errors += value
+    seen = [c for c in truth["calls"] if c["llm_spans"]]
+    assert requests_total == len(seen)
+    assert errors == sum(1 for c in seen if c["http_status"] != 200)

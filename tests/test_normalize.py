@@ -666,10 +666,10 @@ def test_safety_net_leaves_span_unchanged(monkeypatch: pytest.MonkeyPatch) -> No
                   span("fine", {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}, sid=2, trace=2))
     real = normalize._classify
 
-    def flaky(d: dict[str, Any], s: Span) -> Any:
+    def flaky(d: dict[str, Any], s: Span, mask: int) -> Any:
         if s.name == "boom":
             raise RuntimeError("bug")
-        return real(d, s)
+        return real(d, s, mask)
 
     monkeypatch.setattr(normalize, "_classify", flaky)
     batch = Batch(req, 0, RequestContext("test"))
@@ -756,6 +756,228 @@ def test_keep_originals_false_removes_folded_aliases_only() -> None:
                                              C.AGGREGATE}
 
 
+# -- provider-native usage, hand-written llm.* spans, semconv names (issue 13) -------------------------
+
+
+def timed(scope_span: tuple[str, Span], start: int, end: int) -> tuple[str, Span]:
+    scope, s = scope_span
+    s.start_time_unix_nano, s.end_time_unix_nano = start, end
+    return scope, s
+
+
+LOGFIRE = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat", "gen_ai.request.model": "o3-mini",
+           "gen_ai.response.model": "o3-mini-2025-01-31"}
+
+
+def test_logfire_raw_usage_openai_chat_responses_anthropic() -> None:
+    chat_raw = {"completion_tokens": 108, "prompt_tokens": 10, "total_tokens": 118,
+                "completion_tokens_details": {"reasoning_tokens": 80}, "prompt_tokens_details": {"cached_tokens": 2}}
+    resp_raw = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 3}, "output_tokens": 124,
+                "output_tokens_details": {"reasoning_tokens": 96}, "total_tokens": 136}
+    anth_raw = {"cache_creation_input_tokens": 2, "cache_read_input_tokens": 5, "input_tokens": 15, "output_tokens": 30}
+    req = request(
+        span("chat", {**LOGFIRE, "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 108,
+                      "gen_ai.usage.raw": json.dumps(chat_raw)}, sid=1, scope="logfire.openai"),
+        span("responses", {**LOGFIRE, "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 124,
+                           "gen_ai.usage.raw": resp_raw}, sid=2, trace=2, scope="logfire.openai"),  # as a map
+        span("anthropic", {"gen_ai.provider.name": "anthropic", "gen_ai.operation.name": "chat",
+                           "gen_ai.request.model": "claude-sonnet-4-20250514", "gen_ai.usage.input_tokens": 15,
+                           "gen_ai.usage.output_tokens": 30, "gen_ai.usage.raw": json.dumps(anth_raw)},
+             sid=3, trace=3, scope="logfire.anthropic"))
+    calls = run(req).llm_calls
+    assert [tokens(c) for c in calls] == [(10, 108, 2, None, 80), (12, 124, 3, None, 96), (22, 30, 5, 2, None)]
+    for c in calls:
+        assert_written(c)
+    assert_idempotent(req)
+
+
+def test_raw_usage_precedence_and_garbage() -> None:
+    # The flat attributes disagree with the provider's object: the object wins for what it carries;
+    # the flat value stands for what it lacks.
+    raw = {"prompt_tokens": 40, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 8}}
+    req = request(span("chat", {**LOGFIRE, "gen_ai.usage.input_tokens": 33, "gen_ai.usage.output_tokens": 10,
+                                "gen_ai.usage.reasoning.output_tokens": 4, "gen_ai.usage.raw": json.dumps(raw)}))
+    call = only_call(run(req))
+    assert tokens(call) == (40, 10, 8, None, 4)
+    assert attrs(call.span)[C.INPUT_TOKENS] == 40
+    assert_idempotent(req)
+    # Unparseable or foreign objects change nothing.
+    for bad in ("{not json", "[1, 2]", '{"foo": 1}', "x" * 70000, ""):
+        req = request(span("chat", {**LOGFIRE, "gen_ai.usage.input_tokens": 33, "gen_ai.usage.output_tokens": 10,
+                                    "gen_ai.usage.raw": bad}))
+        assert tokens(only_call(run(req))) == (33, 10, None, None, None), bad
+
+
+def test_litellm_usage_object_repr() -> None:
+    base = {"gen_ai.system": "openai", "llm.request.type": "completion", "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.prompt_tokens": 33, "gen_ai.usage.completion_tokens": 29}
+    wrappers = ("{'completion_tokens': 29, 'prompt_tokens': 33, 'total_tokens': 62, 'completion_tokens_details': "
+                "CompletionTokensDetailsWrapper(accepted_prediction_tokens=None, audio_tokens=None, "
+                "reasoning_tokens=0, rejected_prediction_tokens=None, text_tokens=None), 'prompt_tokens_details': "
+                "PromptTokensDetailsWrapper(audio_tokens=None, cached_tokens=8, text_tokens=None, image_tokens=None)}")
+    literal = ("{'completion_tokens': 92, 'prompt_tokens': 24, 'total_tokens': 116, 'completion_tokens_details': "
+               "{'reasoning_tokens': 64, 'audio_tokens': None}, 'prompt_tokens_details': {'cached_tokens': 0}}")
+    anthropic = ("{'completion_tokens': 30, 'prompt_tokens': 33, 'total_tokens': 63, 'prompt_tokens_details': "
+                 "PromptTokensDetailsWrapper(cached_tokens=8), 'cache_creation_input_tokens': 4, "
+                 "'cache_read_input_tokens': 8}")
+    req = request(
+        span("litellm_request", {**base, "metadata.usage_object": wrappers}, sid=1),
+        span("litellm_request", {**base, "gen_ai.usage.prompt_tokens": 24, "gen_ai.usage.completion_tokens": 92,
+                                 "metadata.usage_object": literal}, sid=2, trace=2),
+        span("litellm_request", {**base, "gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4",
+                                 "gen_ai.usage.completion_tokens": 30, "metadata.usage_object": anthropic},
+             sid=3, trace=3))
+    calls = run(req).llm_calls
+    assert [tokens(c) for c in calls] == [(33, 29, 8, None, 0), (24, 92, 0, None, 64), (33, 30, 8, 4, None)]
+    assert_idempotent(req)
+
+
+DIFY = {"llm.model": "gpt-4o-mini", "llm.provider": "openai"}
+
+
+def test_dify_runtime_span_is_a_call() -> None:
+    req = request(
+        span("llm.invoke.gpt-4o-mini", {**DIFY, "llm.input_tokens": 33, "llm.output_tokens": 29}, sid=1,
+             scope="dify.model_runtime"),
+        span("llm.invoke.claude", {"llm.model": "claude-3-5-haiku", "llm.provider": "langgenius/anthropic/anthropic",
+                                   "llm.input_tokens": 20, "llm.output_tokens": 5}, sid=2, trace=2,
+             scope="dify.model_runtime"))
+    calls = run(req).llm_calls
+    assert [(c.provider, c.request_model, c.operation, c.input_tokens, c.output_tokens, c.error) for c in calls] == [
+        ("openai", "gpt-4o-mini", "chat", 33, 29, False), ("anthropic", "claude-3-5-haiku", "chat", 20, 5, False)]
+    for c in calls:
+        assert_written(c)
+    assert_idempotent(req)
+    # A failure: record_exception, no tokens (status not always set): one failed call, nothing to price.
+    scope, s = span("llm.invoke.gpt-4o-mini", DIFY, sid=3, scope="dify.model_runtime")
+    s.events.add(name="exception", time_unix_nano=1_500_000_000)
+    call = only_call(run(request((scope, s))))
+    assert call.error and call.input_tokens is None and call.output_tokens is None
+
+
+def test_hand_written_llm_spans_without_marker() -> None:
+    req = request(
+        span("generate_answer", {"llm.model": "gpt-4o", "llm.prompt_tokens": 100, "llm.completion_tokens": 20}, sid=1),
+        # Not calls: a model alone is configuration, tokens alone a tokenizer's count, a token span
+        # names both, a tool span says what it is, and garbage counts are no counts.
+        span("load_config", {"llm.model": "gpt-4o", "llm.provider": "openai"}, sid=2, trace=2),
+        span("budget", {"llm.input_tokens": 1200}, sid=3, trace=3),
+        span("llm.tokenize", {"llm.model": "gpt-4o", "llm.input_tokens": 1200}, sid=4, trace=4),
+        span("count_tokens", {"llm.model": "gpt-4o", "llm.output_tokens": 3}, sid=5, trace=5),
+        span("tool", {"gen_ai.operation.name": "execute_tool", "llm.model": "gpt-4o", "llm.input_tokens": 5,
+                      "llm.output_tokens": 5}, sid=6, trace=6),
+        span("cfg", {"llm.model": "gpt-4o", "llm.input_tokens": "lots"}, sid=7, trace=7))
+    calls = run(req).llm_calls
+    assert [(c.span.name, c.request_model, c.input_tokens, c.output_tokens) for c in calls] == [
+        ("generate_answer", "gpt-4o", 100, 20)]
+    for s in all_spans(req)[1:]:
+        a = attrs(s)
+        assert C.LLM_CALL not in a and C.AGGREGATE not in a and C.INPUT_TOKENS not in a, s.name
+    # A hand-written span around an instrumented call with the same usage is an aggregate.
+    req = request(
+        span("llm.invoke.gpt-4o-mini", {**DIFY, "llm.input_tokens": 33, "llm.output_tokens": 29}, sid=1,
+             scope="dify.model_runtime"),
+        span("openai.chat", {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat",
+                             "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 33,
+                             "gen_ai.usage.output_tokens": 29}, sid=2, parent=1, scope="openllmetry"))
+    assert [c.span.name for c in run(req).llm_calls] == ["openai.chat"]
+    assert attrs(by_name(req, "llm.invoke.gpt-4o-mini"))[C.AGGREGATE] is True
+
+
+RESP = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4.1",
+        "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 28}
+
+
+def test_sibling_duplicates_without_response_id() -> None:
+    # LangChain under OpenLLMetry on the Responses API: ChatOpenAI.chat beside openai.response.
+    req = request(
+        span("app", {}, sid=1, scope="app"),
+        timed(span("ChatOpenAI.chat", {**RESP, "gen_ai.response.model": "gpt-4.1"}, sid=2, parent=1,
+                   scope="opentelemetry.instrumentation.langchain"), 100, 400),
+        timed(span("openai.response", {**RESP, "gen_ai.response.model": "gpt-4.1-2025-04-14",
+                                       "gen_ai.response.id": "resp_1", "gen_ai.usage.reasoning_tokens": 0},
+                   sid=3, parent=1, scope="opentelemetry.instrumentation.openai.v1"), 110, 390))
+    calls = run(req).llm_calls
+    assert [c.span.name for c in calls] == ["openai.response"]
+    assert attrs(by_name(req, "ChatOpenAI.chat"))[C.DUPLICATE_OF] == (3).to_bytes(8, "big").hex()
+    assert_idempotent(req)
+    assert [c.span.name for c in run(req).llm_calls] == ["openai.response"]
+
+
+def test_sibling_duplicates_never_merge_separate_calls() -> None:
+    lc, oa = "opentelemetry.instrumentation.langchain", "opentelemetry.instrumentation.openai.v1"
+    cases = {
+        # one library's two identical calls in parallel (asyncio.gather): two calls
+        "same scope": [timed(span("a", RESP, sid=2, parent=1, scope=oa), 100, 400),
+                       timed(span("b", RESP, sid=3, parent=1, scope=oa), 100, 400)],
+        # sequential identical calls from two libraries: they do not overlap
+        "sequential": [timed(span("a", RESP, sid=2, parent=1, scope=lc), 100, 200),
+                       timed(span("b", RESP, sid=3, parent=1, scope=oa), 300, 400)],
+        "other usage": [timed(span("a", RESP, sid=2, parent=1, scope=lc), 100, 400),
+                        timed(span("b", {**RESP, "gen_ai.usage.output_tokens": 27}, sid=3, parent=1, scope=oa),
+                              100, 400)],
+        "other model": [timed(span("a", RESP, sid=2, parent=1, scope=lc), 100, 400),
+                        timed(span("b", {**RESP, "gen_ai.request.model": "gpt-4o"}, sid=3, parent=1, scope=oa),
+                              100, 400)],
+        "other parent": [timed(span("a", RESP, sid=2, parent=1, scope=lc), 100, 400),
+                         timed(span("b", RESP, sid=3, parent=9, scope=oa), 100, 400)],
+    }
+    for what, spans in cases.items():
+        req = request(span("app", {}, sid=1, scope="app"), *spans)
+        assert len(run(req).llm_calls) == 2, what
+    # Siblings that each wrap their own instrumented call: two calls below two aggregates.
+    req = request(
+        span("app", {}, sid=1, scope="app"),
+        timed(span("ChatOpenAI.chat", RESP, sid=2, parent=1, scope=lc), 100, 400),
+        timed(span("AzureChat.chat", RESP, sid=3, parent=1, scope="other.langchain"), 100, 400),
+        timed(span("openai.chat", RESP, sid=4, parent=2, scope=oa), 110, 390),
+        timed(span("openai.chat", RESP, sid=5, parent=3, scope=oa), 110, 390))
+    calls = run(req).llm_calls
+    assert [c.span.span_id for c in calls] == [(4).to_bytes(8, "big"), (5).to_bytes(8, "big")]
+
+
+def test_logfire_stream_halves() -> None:
+    req_attrs = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                 "gen_ai.response.model": "gpt-4o-mini"}
+    usage = {**req_attrs, "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.usage.input_tokens": 17,
+             "gen_ai.usage.output_tokens": 29}
+    lf = "logfire.openai"
+    req = request(
+        span("app", {}, sid=1, scope="app"),
+        timed(span("Chat Completion", req_attrs, sid=2, parent=1, scope=lf), 100, 200),
+        timed(span("streaming response", usage, sid=3, parent=1, scope=lf), 300, 300),
+        timed(span("Chat Completion", req_attrs, sid=4, parent=1, scope=lf), 400, 500),
+        timed(span("streaming response", usage, sid=5, parent=1, scope=lf), 600, 600),
+        # a streamed call whose stream was never consumed: one call, no usage
+        timed(span("Chat Completion", req_attrs, sid=6, parent=1, scope=lf), 700, 800))
+    calls = run(req).llm_calls
+    assert [c.span.span_id for c in calls] == [(i).to_bytes(8, "big") for i in (3, 5, 6)]
+    assert_idempotent(req)
+
+
+@pytest.mark.parametrize("semconv", ["current", "next", "both"])
+def test_semconv_cache_write_names(semconv: str) -> None:
+    process = normalize.create(normalize.Config(semconv=semconv), ProcessorContext(Metrics()))
+    drop = normalize.create(normalize.Config(semconv=semconv, keep_originals=False), ProcessorContext(Metrics()))
+    written = normalize.SEMCONV_CACHE_WRITE[semconv]
+    for source_key in ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens",
+                       "gen_ai.usage.cache_creation_input_tokens"):
+        for proc in (process, drop):
+            req = request(span("anthropic.chat", {"gen_ai.provider.name": "anthropic", "gen_ai.operation.name": "chat",
+                                                  "gen_ai.request.model": "claude-sonnet-4",
+                                                  "gen_ai.usage.input_tokens": 33, "gen_ai.usage.output_tokens": 30,
+                                                  "gen_ai.usage.cache_read.input_tokens": 8, source_key: 4},
+                               scope="com.anthropic.sdk.python"))
+            call = only_call(run(req, proc))
+            assert call.cache_write_tokens == 4
+            a = attrs(call.span)
+            for key in written:
+                assert a[key] == 4, (semconv, source_key, key)
+            if proc is drop:
+                assert {k for k in a if "cache_creation" in k or "cache_write" in k} == set(written)
+            assert_idempotent(req, proc)
+
+
 # -- providers ----------------------------------------------------------------------------------
 
 
@@ -837,13 +1059,16 @@ TRICKY_STRINGS = [
     "anthropic", "langchain", "chat", "invoke_agent", "LLM", "EMBEDDING", "generation", "ai.generateText",
     "ai.generateText.doGenerate", "claude-3-5-haiku", "gpt-4o", "https://api.openai.com/v1", "x.openai.azure.com",
     "ERROR", "completion", "llm", '{"total": 0.5}', '{"anthropic": {"cacheCreationInputTokens": 3}}', "\u2603",
+    '{"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}', "PromptTokensDetailsWrapper(cached_tokens=3)",
+    "{'prompt_tokens': 4, 'x': Wrapper(reasoning_tokens=7)}",
 ]
 # Keys and values that make calls, aggregates, duplicates and wrappers likely.
 HOT_KEYS = [C.INPUT_TOKENS, C.OUTPUT_TOKENS, C.CACHE_READ_TOKENS, C.CACHE_WRITE_TOKENS, C.REASONING_TOKENS,
             "gen_ai.usage.cache_write.input_tokens", "gen_ai.usage.prompt_tokens", "ai.usage.inputTokens",
             "ai.usage.cachedInputTokens", C.RESPONSE_ID, C.OPERATION, C.PROVIDER, C.REQUEST_MODEL, "ai.operationId",
             "langfuse.observation.usage_details", "gen_ai.aggregated_usage.input_tokens", C.LLM_CALL, C.AGGREGATE,
-            C.DUPLICATE_OF, C.PROVIDER_INFERRED, "server.address"]
+            C.DUPLICATE_OF, C.PROVIDER_INFERRED, "server.address", "gen_ai.usage.raw", "metadata.usage_object",
+            "llm.model", "llm.input_tokens", "llm.output_tokens", "gen_ai.usage.cost.amount"]
 SCALARS = st.one_of(
     st.integers(0, 5000), st.sampled_from(["r1", "r2", "chat", "openai", "anthropic", "claude-3", "gpt-4o"]),
     st.sampled_from(TRICKY_STRINGS), st.text(max_size=30),
@@ -861,7 +1086,7 @@ ATTRIBUTES = st.lists(st.tuples(st.one_of(st.sampled_from(HOT_KEYS), st.sampled_
 SPANS = st.lists(
     st.tuples(ATTRIBUTES, st.integers(0, 3), st.booleans(), st.sampled_from(["test", "ai", "com.anthropic.sdk.python",
                                                                           "openlit.otel.tracing", ""]),
-              st.sampled_from(["chat", "anthropic.chat", "litellm_request", ""])),
+              st.sampled_from(["chat", "anthropic.chat", "litellm_request", "", "llm.invoke.gpt-4o"])),
     min_size=1, max_size=4)
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -912,7 +1137,7 @@ def benchmark(seconds: float = 3.0) -> None:
     from tests.bench.bench_gateway import build_pool, plain_spans
 
     def plain_pool(count: int, size: int) -> list[bytes]:
-        spans, out = plain_spans(size), []
+        spans, out = plain_spans(size, 3), []
         for _ in range(count):
             req = ExportTraceServiceRequest()
             rs = req.resource_spans.add()

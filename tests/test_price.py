@@ -378,7 +378,9 @@ def test_call_without_tokens_is_not_priced(pricer: PriceProcessor) -> None:
     # ... but a non-zero figure the emitter reported without usage is kept
     fee = make_call(response_model="sonar", provider="perplexity", reported_cost=0.005, reported_cost_key="llm.cost.total")
     run(pricer, fee)
-    assert attrs(fee.span) == {COST: 0.005, COST_SOURCE: "reported"} and fee.cost_source == "reported"
+    assert attrs(fee.span) == {COST: 0.005, COST_SOURCE: "reported", "gen_ai.usage.cost.amount": 0.005,
+                               "gen_ai.usage.cost.currency": "USD", "gen_ai.usage.cost.source": "reported"}
+    assert fee.cost_source == "reported"
     empty, _ = make_batch(1)
     assert pricer(empty) is empty and empty.raw == b"received bytes"  # llm_calls None: normalizer did not run
 

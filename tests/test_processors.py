@@ -47,10 +47,10 @@ def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
 
 def test_default_chain_order() -> None:
     config = parse("sinks: {a: {type: file}}", environ={})
-    assert list(PROCESSORS) == ["normalize", "price", "llm_metrics", "feedback", "redact"]
-    assert len(build_processors(config, Metrics())) == 4  # redact is off by default
+    assert list(PROCESSORS) == ["normalize", "price", "account", "llm_metrics", "feedback", "redact"]
+    assert len(build_processors(config, Metrics())) == 5  # redact is off by default
     off = parse("sinks: {a: {type: file}}\npipeline: {normalize: {enabled: false}, price: {enabled: false}}", environ={})
-    assert len(build_processors(off, Metrics())) == 2
+    assert len(build_processors(off, Metrics())) == 3
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -89,9 +89,10 @@ def test_llm_metric_labels_are_capped() -> None:
     total = sum(s.value for m in metrics.registry.collect() if m.name == "otelgate_llm_requests" for s in m.samples
                 if s.name.endswith("_total"))
     assert total == 10
-    assert get("otelgate_llm_tokens_total", {"service": "svc-0", "provider": "openai", "model": "model-0", "type": "input"}) == 10
+    assert get("otelgate_llm_tokens_total", {"service": "svc-0", "provider": "openai", "model": "model-0", "type": "input",
+                                             **_NO_OWNER}) == 10
     assert get("otelgate_llm_request_duration_seconds_sum",
-               {"service": "svc-0", "provider": "openai", "model": "model-0"}) == pytest.approx(2.5)
+               {"service": "svc-0", "provider": "openai", "model": "model-0", **_NO_OWNER}) == pytest.approx(2.5)
 
 
 def test_llm_metrics_count_unpriced_and_errors() -> None:
@@ -103,8 +104,35 @@ def test_llm_metrics_count_unpriced_and_errors() -> None:
     get = metrics.registry.get_sample_value
     assert get("otelgate_llm_unpriced_spans_total", {"provider": "openai", "model": "mystery"}) == 1
     assert get("otelgate_llm_requests_total", {"service": "svc", "provider": "openai", "model": "gpt-4o",
-                                               "response_model": "", "operation": "chat", "status": "error"}) == 1
-    assert get("otelgate_llm_cost_usd_total", {"service": "svc", "provider": "openai", "model": "gpt-4o", "source": "computed"}) is None
+                                               "response_model": "", "operation": "chat", "status": "error", **_NO_OWNER}) == 1
+    assert get("otelgate_llm_cost_usd_total", {"service": "svc", "provider": "openai", "model": "gpt-4o", "source": "computed",
+                                               **_NO_OWNER}) is None
+    assert get("otelgate_llm_input_tokens_per_call_count", {"app": "unknown", "model": "gpt-4o"}) is None
+
+
+_NO_OWNER = {"tenant": "unknown", "app": "unknown", "environment": "unknown"}
+
+
+def test_llm_metrics_label_tenant_app_environment_capped() -> None:
+    """The owner labels come from attribution, each capped on its own; users never become labels."""
+    metrics = Metrics()
+    record = LlmMetrics(MetricsConfig(max_tenants=2, max_apps=2, max_environments=1), metrics)
+    calls = [_call("gpt-4o", tenant=f"t{i}", app=f"app{i}", environment=f"env{i}", user=f"user{i}", input_tokens=1000 * (i + 1))
+             for i in range(4)]
+    record(Batch(ExportTraceServiceRequest(), 4, RequestContext("test"), llm_calls=calls))
+    get = metrics.registry.get_sample_value
+    base = {"service": "svc", "provider": "openai", "model": "gpt-4o", "response_model": "", "operation": "chat", "status": "ok"}
+    assert get("otelgate_llm_requests_total", {**base, "tenant": "t0", "app": "app0", "environment": "env0"}) == 1
+    assert get("otelgate_llm_requests_total", {**base, "tenant": "t1", "app": "app1", "environment": "__other__"}) == 1
+    assert get("otelgate_llm_requests_total", {**base, "tenant": "__other__", "app": "__other__",
+                                               "environment": "__other__"}) == 2
+    labels = {k for m in metrics.registry.collect() if m.name.startswith("otelgate_llm") for s in m.samples for k in s.labels}
+    assert "user" not in labels and "session" not in labels
+    # input tokens per call: 1000, 2000 for app0/app1; 3000 + 4000 under __other__
+    assert get("otelgate_llm_input_tokens_per_call_sum", {"app": "__other__", "model": "gpt-4o"}) == 7000
+    assert get("otelgate_llm_input_tokens_per_call_count", {"app": "app0", "model": "gpt-4o"}) == 1
+    assert get("otelgate_llm_input_tokens_per_call_bucket", {"app": "app1", "model": "gpt-4o", "le": "1000.0"}) == 0
+    assert get("otelgate_llm_input_tokens_per_call_bucket", {"app": "app1", "model": "gpt-4o", "le": "2000.0"}) == 1
 
 
 def test_pricing_is_the_same_whatever_keep_originals() -> None:

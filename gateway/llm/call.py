@@ -2,7 +2,8 @@
 
 The normalizer reads a span's attributes once and records the facts here (with a reference to
 the protobuf span, so later processors edit it in place without reading its attributes again).
-The pricer fills the cost fields; the LLM metrics read everything. Spans that are not one
+The pricer fills the cost fields, attribution the owner fields (tenant, app, user, session,
+environment); the LLM metrics and the usage accounting read everything. Spans that are not one
 provider call (aggregates, wrappers, duplicates) never get an `LlmCall`, so nothing downstream
 can count them twice.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 # Canonical attributes written by the normalizer (OTel GenAI semantic conventions).
@@ -28,6 +30,7 @@ INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 CACHE_WRITE_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+CACHE_WRITE_TOKENS_NEXT = "gen_ai.usage.cache_write.input_tokens"  # the rename; see normalize `semconv`
 REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
 
 # Markers written by otelgate.
@@ -38,6 +41,9 @@ PROVIDER_INFERRED = "otelgate.provider.inferred"
 
 # Written by the pricer.
 COST = "gen_ai.usage.cost"  # USD total; Langfuse and OpenLIT read this key
+COST_AMOUNT = "gen_ai.usage.cost.amount"  # the proposed semconv cost: amount, currency, source
+COST_CURRENCY = "gen_ai.usage.cost.currency"
+COST_SOURCE_SEMCONV = "gen_ai.usage.cost.source"
 COST_INPUT = "otelgate.cost.input_usd"
 COST_OUTPUT = "otelgate.cost.output_usd"
 COST_SOURCE = "otelgate.cost.source"  # computed | override | reported | unknown
@@ -73,6 +79,16 @@ class LlmCall:
     cost_output_usd: float | None = None
     cost_source: str | None = None  # computed | override | reported | unknown
     price_model: str | None = None
+    # The resource the span came with (set by the normalizer), for attribution; and which of the
+    # attribution's keys the span has, one bit per dimension (None: not known, look).
+    resource: Resource | None = None
+    extra_mask: int | None = None
+    # Filled by attribution (gateway/usage/attribution.py): who the call belongs to; None: unknown.
+    tenant: str | None = None
+    app: str | None = None
+    user: str | None = None
+    session: str | None = None
+    environment: str | None = None
 
     @property
     def model(self) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.batch import Batch
 from gateway.telemetry import Metrics
@@ -20,6 +21,9 @@ Processor = Callable[[Batch], Batch]
 
 @dataclass(slots=True)
 class ProcessorContext:
-    """What a processor may use besides its config: the gateway's metrics registry."""
+    """What a processor may use besides its config: the gateway's metrics registry, the whole
+    config (for processors also configured by a top-level key) and the usage recorder."""
 
     metrics: Metrics
+    config: Any = None  # gateway.config.Config
+    usage: Any = None  # gateway.usage.recorder.Recorder when `usage.enabled`

@@ -11,8 +11,13 @@ else. For the others it decides what the span is:
 * an **aggregate** (agent spans, Vercel `ai.generateText` parents, Langfuse trace-level
   observations, a framework span wrapping an instrumented SDK call with the same usage): no
   `LlmCall`, no canonical usage; marked `otelgate.llm.aggregate=true` when it carries usage;
-* a **duplicate** (two instrumentations on one client: same trace, same `gen_ai.response.id`):
+* a **duplicate** (two instrumentations on one client: same trace and `gen_ai.response.id`, or
+  sibling spans of two scopes overlapping in time with the same model and usage):
   marked `otelgate.duplicate_of=<span id of the one kept>`, no `LlmCall`.
+
+Provider-native usage objects (Logfire's `gen_ai.usage.raw`, LiteLLM's `metadata.usage_object`)
+win over the flat counts beside them; hand-written `llm.*` spans (Dify's `llm.invoke.{model}`)
+are calls only with a model and a token count (see `_weak_call`).
 
 Only missing or different canonical attributes are written, so a second run (or a span that
 already went through another otelgate) changes nothing. The dialects and their aliases are
@@ -25,7 +30,7 @@ import ast
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -34,44 +39,63 @@ from pydantic import Field
 from gateway.batch import Batch
 from gateway.configtypes import StrictModel
 from gateway.llm.call import (
-    AGGREGATE, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, DUPLICATE_OF,
+    AGGREGATE, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, CACHE_WRITE_TOKENS_NEXT, COST, COST_AMOUNT, COST_CURRENCY,
+    COST_SOURCE_SEMCONV, COST_INPUT, COST_OUTPUT, COST_SOURCE, DUPLICATE_OF,
     INPUT_TOKENS, LLM_CALL, OPERATION, OUTPUT_TOKENS, PRICE_MODEL, PROVIDER, PROVIDER_INFERRED, REASONING_TOKENS,
     REQUEST_MODEL, RESPONSE_ID, RESPONSE_MODEL, LlmCall,
 )
 from gateway.llm.providers import canonical_provider, infer_provider
 from gateway.logs import get_logger
 from gateway.processors import Processor, ProcessorContext
+from gateway.usage.attribution import span_keys
 
 _log = get_logger("processor.normalize")
 _MAX_LOGGED = 10  # internal errors logged with their traceback; later ones only counted
+
+
+# `semconv`: which names the normalizer writes for the one concept whose name is moving. Both are
+# always read. `current` is the name in the published registry (and the one Langfuse's OTel intake
+# and otelgate's langfuse sink read); `next` is the rename opentelemetry-util-genai already emits;
+# `both` writes the two during a migration.
+SEMCONV_CACHE_WRITE = {
+    "current": (CACHE_WRITE_TOKENS,),
+    "next": (CACHE_WRITE_TOKENS_NEXT,),
+    "both": (CACHE_WRITE_TOKENS, CACHE_WRITE_TOKENS_NEXT),
+}
 
 
 class Config(StrictModel):
     enabled: bool = True
     keep_originals: bool = Field(True, description=(
         "Keep the dialect attributes folded into the canonical ones (false: remove them; nothing else is removed)."))
+    semconv: Literal["current", "next", "both"] = Field("current", description=(
+        "Names written for cache writes: current = gen_ai.usage.cache_creation.input_tokens, next = "
+        "gen_ai.usage.cache_write.input_tokens, both = the two. Both are always read."))
 
 
 # ---------------------------------------------------------------------------------------------
 # Attribute names. Each tuple lists the aliases of one concept, canonical first, in the order read.
 
 _PROVIDER_KEYS = (PROVIDER, "gen_ai.system", "llm.provider", "ai.model.provider", "mlflow.llm.provider", "llm.system")
-_REQUEST_MODEL_KEYS = (REQUEST_MODEL, "llm.request.model_name", "ai.model.id", "mlflow.llm.model")
+_REQUEST_MODEL_KEYS = (REQUEST_MODEL, "llm.request.model_name", "ai.model.id", "mlflow.llm.model", "llm.model",
+                       "llm.model_id")
 _RESPONSE_MODEL_KEYS = (RESPONSE_MODEL, "llm.response.model_name", "ai.response.model", "llm.model_name",
                         "embedding.model_name")
 _INVOCATION_KEYS = ("llm.invocation_parameters", "embedding.invocation_parameters")
 LANGFUSE_MODEL = "langfuse.observation.model.name"
 
 _INPUT_KEYS = (INPUT_TOKENS, "gen_ai.usage.prompt_tokens", "llm.token_count.prompt", "llm.usage.prompt_tokens",
-               "ai.usage.inputTokens", "ai.usage.promptTokens", "ai.usage.tokens")
+               "ai.usage.inputTokens", "ai.usage.promptTokens", "ai.usage.tokens", "llm.input_tokens",
+               "llm.prompt_tokens")
 _OUTPUT_KEYS = (OUTPUT_TOKENS, "gen_ai.usage.completion_tokens", "llm.token_count.completion",
-                "llm.usage.completion_tokens", "ai.usage.outputTokens", "ai.usage.completionTokens")
+                "llm.usage.completion_tokens", "ai.usage.outputTokens", "ai.usage.completionTokens",
+                "llm.output_tokens", "llm.completion_tokens")
 _CACHE_READ_KEYS = (CACHE_READ_TOKENS, "gen_ai.usage.cache_read_input_tokens", "gen_ai.usage.details.cache_read_tokens",
                     "gen_ai.usage.details.cache_read_input_tokens", "gen_ai.usage.prompt_tokens_details.cached_tokens",
                     "gen_ai.usage.input_tokens_details.cached_tokens", "llm.token_count.prompt_details.cache_read",
                     "llm.usage.cache_read_input_tokens", "ai.usage.inputTokenDetails.cacheReadTokens",
                     "ai.usage.cachedInputTokens")
-_CACHE_WRITE_KEYS = (CACHE_WRITE_TOKENS, "gen_ai.usage.cache_write.input_tokens",
+_CACHE_WRITE_KEYS = (CACHE_WRITE_TOKENS, CACHE_WRITE_TOKENS_NEXT,
                      "gen_ai.usage.cache_creation_input_tokens", "gen_ai.usage.details.cache_write_tokens",
                      "gen_ai.usage.details.cache_creation_input_tokens", "llm.token_count.prompt_details.cache_write",
                      "llm.usage.cache_creation_input_tokens", "ai.usage.inputTokenDetails.cacheWriteTokens",
@@ -81,7 +105,20 @@ _REASONING_KEYS = (REASONING_TOKENS, "gen_ai.usage.reasoning_tokens", "gen_ai.us
                    "gen_ai.usage.output_tokens_details.reasoning_tokens", "llm.usage.reasoning_tokens",
                    "llm.token_count.completion_details.reasoning", "ai.usage.outputTokenDetails.reasoningTokens",
                    "ai.usage.reasoningTokens")
-_TOTAL_KEYS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total", "ai.usage.totalTokens")
+_TOTAL_KEYS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total", "ai.usage.totalTokens",
+               "llm.total_tokens")
+# Hand-written `llm.*` spans (Dify's model runtime `llm.invoke.{model}`, and the like): keys with no
+# library behind them, so they make a span a call only together (a model and a token count), or on
+# a span named like Dify's runtime spans; see _classify.
+_WEAK_KEYS = frozenset(("llm.model", "llm.model_id", "llm.input_tokens", "llm.prompt_tokens", "llm.output_tokens",
+                        "llm.completion_tokens", "llm.total_tokens"))
+_WEAK_CALL_NAMES = ("llm.invoke",)
+# Provider-native usage objects: Logfire's `gen_ai.usage.raw` (JSON, or a map), LiteLLM's
+# `metadata.usage_object` (a Python repr). Precedence: each count they carry wins over the flat
+# attributes beside them (the library derived those from this very object, and drops cache and
+# reasoning counts on the way); counts they lack come from the flat attributes.
+USAGE_RAW = "gen_ai.usage.raw"
+LITELLM_USAGE = "metadata.usage_object"
 _AGGREGATED_KEYS = ("gen_ai.aggregated_usage.input_tokens", "gen_ai.aggregated_usage.output_tokens")
 _VERCEL_V6_DETAIL_KEYS = ("ai.usage.inputTokenDetails.noCacheTokens", "ai.usage.inputTokenDetails.cacheReadTokens",
                           "ai.usage.inputTokenDetails.cacheWriteTokens")
@@ -102,7 +139,7 @@ VERCEL_PROVIDER_METADATA = "ai.response.providerMetadata"
 _RESPONSE_ID_KEYS = (RESPONSE_ID, "ai.response.id")
 
 # Cost the emitter reported, in the order preferred.
-_COST_KEYS = (COST, "llm.cost.total", "gen_ai.cost.total_cost", "litellm.cost.total", "operation.cost",
+_COST_KEYS = (COST, COST_AMOUNT, "llm.cost.total", "gen_ai.cost.total_cost", "litellm.cost.total", "operation.cost",
               "mlflow.llm.cost", LANGFUSE_COST)
 _TIER_KEYS = ("openai.response.service_tier", "gen_ai.openai.response.service_tier", "gen_ai.response.service_tier",
               "anthropic.response.service_tier", "langfuse.observation.metadata.service_tier",
@@ -110,7 +147,8 @@ _TIER_KEYS = ("openai.response.service_tier", "gen_ai.openai.response.service_ti
 
 _HOST_KEYS = ("server.address", "url.full", "gen_ai.openai.api_base", "server.port")
 # Read by the pricer (through LlmCall.attributes), never by the normalizer.
-_PRICER_KEYS = (COST_INPUT, COST_OUTPUT, PRICE_MODEL, "llm.cost.prompt", "llm.cost.completion")
+_PRICER_KEYS = (COST_INPUT, COST_OUTPUT, PRICE_MODEL, "llm.cost.prompt", "llm.cost.completion", COST_CURRENCY,
+                COST_SOURCE_SEMCONV)
 
 # Keys that never make a span an LLM span on their own.
 _CONTEXT_KEYS = (frozenset(_HOST_KEYS) - {"gen_ai.openai.api_base"}) | frozenset(_PRICER_KEYS)
@@ -122,11 +160,13 @@ _KEYS = frozenset(
         LANGFUSE_MODEL, LANGFUSE_USAGE, LANGFUSE_TYPE, LANGFUSE_LEVEL, LANGFUSE_PARAMS, MLFLOW_USAGE, MLFLOW_TYPE,
         LANGSMITH_KIND, LANGSMITH_INPUT_DETAILS, LANGSMITH_OUTPUT_DETAILS, OPENINFERENCE_KIND, REQUEST_TYPE,
         VERCEL_OPERATION, VERCEL_PROVIDER_METADATA, OPERATION, LLM_CALL, AGGREGATE, DUPLICATE_OF, PROVIDER_INFERRED,
-        COST_SOURCE))
+        COST_SOURCE, USAGE_RAW, LITELLM_USAGE))
 
 # Keys whose presence means the span carries usage (for marking aggregates).
 _USAGE_KEYS = frozenset(_INPUT_KEYS + _OUTPUT_KEYS + _AGGREGATED_KEYS + (LANGFUSE_USAGE, MLFLOW_USAGE))
 _MODEL_KEYS = _REQUEST_MODEL_KEYS + _RESPONSE_MODEL_KEYS + (LANGFUSE_MODEL,)
+_MODEL_KEY_SET = frozenset(_MODEL_KEYS)
+_TOKEN_KEY_SET = frozenset(_INPUT_KEYS + _OUTPUT_KEYS)
 
 # Scalar aliases removed when `keep_originals: false` (canonical key, its aliases). JSON containers
 # (Langfuse usage_details, MLflow tokenUsage, invocation parameters, LangSmith details) are kept:
@@ -147,7 +187,7 @@ _FOLDABLE = (
 _B_LLM = 1  # any key that makes a span LLM-ish (all but the host keys)
 (_B_PROVIDER, _B_REQUEST_MODEL, _B_RESPONSE_MODEL, _B_INPUT, _B_OUTPUT, _B_CACHE_READ, _B_CACHE_WRITE, _B_REASONING,
  _B_COST, _B_TIER, _B_RESPONSE_ID, _B_HOST, _B_INVOCATION, _B_LANGSMITH, _B_JSON_USAGE, _B_MARKER, _B_LANGFUSE,
- _B_VERCEL) = (1 << i for i in range(1, 19))
+ _B_VERCEL, _B_RAW, _B_WEAK) = (1 << i for i in range(1, 21))
 _KEY_BITS: dict[str, int] = dict.fromkeys(_KEYS, _B_LLM)
 for _keys, _bit in ((_PROVIDER_KEYS, _B_PROVIDER), (_REQUEST_MODEL_KEYS, _B_REQUEST_MODEL),
                     (_RESPONSE_MODEL_KEYS, _B_RESPONSE_MODEL), (_INPUT_KEYS, _B_INPUT), (_OUTPUT_KEYS, _B_OUTPUT),
@@ -159,7 +199,8 @@ for _keys, _bit in ((_PROVIDER_KEYS, _B_PROVIDER), (_REQUEST_MODEL_KEYS, _B_REQU
                     ((LANGFUSE_USAGE, MLFLOW_USAGE), _B_JSON_USAGE),
                     ((LLM_CALL, AGGREGATE, DUPLICATE_OF, PROVIDER_INFERRED), _B_MARKER),
                     ((LANGFUSE_LEVEL, LANGFUSE_MODEL), _B_LANGFUSE),
-                    ((VERCEL_OPERATION, VERCEL_PROVIDER_METADATA) + _VERCEL_V6_DETAIL_KEYS, _B_VERCEL)):
+                    ((VERCEL_OPERATION, VERCEL_PROVIDER_METADATA) + _VERCEL_V6_DETAIL_KEYS, _B_VERCEL),
+                    ((USAGE_RAW, LITELLM_USAGE), _B_RAW), (tuple(_WEAK_KEYS), _B_WEAK)):
     for _k in _keys:
         _KEY_BITS[_k] |= _bit
 for _k in _CONTEXT_KEYS:
@@ -223,7 +264,7 @@ class _Found:
     """One LLM-ish span: its call (if it is one) and what the batch-wide decisions need."""
 
     __slots__ = ("span", "attrs", "role", "call", "input_raw", "has_usage", "trace_id", "span_id", "parent_id",
-                 "response_id", "marked_dup", "duplicate_of", "exact")
+                 "response_id", "marked_dup", "duplicate_of", "exact", "scope", "call_below")
 
     def __init__(self, span: Any, attrs: dict[str, Any], role: int, call: LlmCall | None = None,
                  input_raw: int | None = None, has_usage: bool = False) -> None:
@@ -238,6 +279,8 @@ class _Found:
         self.marked_dup = False
         self.duplicate_of = b""
         self.exact = 0  # concepts whose canonical attribute already holds the value (_B_* bits)
+        self.scope = ""  # instrumentation scope name
+        self.call_below = False  # another call span lies below this one (set by _resolve)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,6 +496,60 @@ def _sane(inp: int | None, out: int | None, cr: int | None, cw: int | None,
     return inp, out, cr, cw, rs
 
 
+_REPR_COUNT = re.compile(
+    r"""['"]?(prompt_tokens|completion_tokens|input_tokens|output_tokens|cached_tokens|reasoning_tokens|"""
+    r"""cache_read_input_tokens|cache_creation_input_tokens)['"]?\s*[:=]\s*(\d{1,16})""")
+_REPR_NESTED = {"cached_tokens": "prompt_tokens_details", "reasoning_tokens": "completion_tokens_details"}
+
+
+def _native_usage(d: dict[str, Any]) -> tuple[int | None, int | None, int | None, int | None, int | None] | None:
+    """(input, output, cache_read, cache_write, reasoning) from a provider-native usage object."""
+    kv = d.get(USAGE_RAW)
+    if kv is not None:
+        v = kv.value
+        if v.WhichOneof("value") == "kvlist_value":
+            obj: Any = _plain_map(v.kvlist_value)
+        else:
+            obj = _json(v.string_value)
+        usage = _usage_from_json(obj)
+        if usage is not None:
+            return usage
+    kv = d.get(LITELLM_USAGE)
+    if kv is not None:
+        return _usage_from_repr(kv.value.string_value)
+    return None
+
+
+def _plain_map(kvlist: Any, depth: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in kvlist.values:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        if kind == "kvlist_value" and depth < 2:
+            out[kv.key] = _plain_map(v.kvlist_value, depth + 1)
+        elif kind in ("int_value", "double_value", "string_value"):
+            out[kv.key] = getattr(v, kind)
+    return out
+
+
+def _usage_from_repr(s: str) -> tuple[int | None, int | None, int | None, int | None, int | None] | None:
+    """LiteLLM's `metadata.usage_object`: `str()` of its usage dict, whose detail values may be
+    `PromptTokensDetailsWrapper(cached_tokens=8, ...)` objects (not literals): literal_eval first,
+    else the counts by name."""
+    if not s or len(s) > _MAX_JSON:
+        return None
+    obj = _json_or_repr(s)
+    if not isinstance(obj, dict):
+        obj = {}
+        for key, n in _REPR_COUNT.findall(s):
+            outer = _REPR_NESTED.get(key)
+            if outer is not None:
+                obj.setdefault(outer, {}).setdefault(key, int(n))
+            else:
+                obj.setdefault(key, int(n))
+    return _usage_from_json(obj)
+
+
 def _anthropic_includes_cache(scope: str) -> bool | None:
     hit = _ANTHROPIC_INPUT_INCLUDES_CACHE.get(scope)
     if hit is not None:
@@ -467,7 +564,7 @@ def _anthropic_includes_cache(scope: str) -> bool | None:
 # Classification.
 
 
-def _classify(d: dict[str, Any], span: Any) -> tuple[int, str | None]:
+def _classify(d: dict[str, Any], span: Any, mask: int) -> tuple[int, str | None]:
     """(role, operation) of an LLM-ish span from its kind attributes, most specific dialect first."""
     kv = d.get(VERCEL_OPERATION)
     if kv is not None:
@@ -524,7 +621,34 @@ def _classify(d: dict[str, Any], span: Any) -> tuple[int, str | None]:
                 break
     if model is None:
         return _NONE, None
+    if mask & _B_WEAK and not _strong_evidence(d) and not _weak_call(d, span, model):
+        return _NONE, None
     return _CALL, "embeddings" if "embed" in model.lower() else "chat"
+
+
+def _strong_evidence(d: dict[str, Any]) -> bool:
+    """A model or token key of a known dialect (not only hand-written `llm.*` keys)."""
+    for k in d:
+        if k not in _WEAK_KEYS and (k in _MODEL_KEY_SET or k in _TOKEN_KEY_SET):
+            return True
+    return False
+
+
+def _weak_call(d: dict[str, Any], span: Any, model: str) -> bool:
+    """A span with only hand-written `llm.*` keys is a call when it names a model and carries a token
+    count (`llm.model` alone is configuration; tokens alone are a tokenizer's count), or when it is
+    named like Dify's runtime spans (`llm.invoke.{model}`, which carry no tokens when they fail).
+    Spans about tokens (`llm.tokenize`, `count_tokens`) are not calls whatever they carry."""
+    name = span.name
+    if name.startswith(_WEAK_CALL_NAMES):
+        return True
+    if "token" in name.lower() or model in ("", "?"):
+        return False
+    for k in ("llm.input_tokens", "llm.output_tokens", "llm.prompt_tokens", "llm.completion_tokens"):
+        kv = d.get(k)
+        if kv is not None and _int(kv) is not None:
+            return True
+    return False
 
 
 def _mapped(operation: str | None) -> tuple[int, str | None]:
@@ -583,9 +707,20 @@ def _put_true(span: Any, d: dict[str, Any], key: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+_EXTRA_SHIFT = 48  # the bits of `extra_keys` sit above the normalizer's own
+
+
 class Normalizer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, extra_keys: dict[str, int] | None = None) -> None:
+        """`extra_keys`: attributes later processors read on call spans (attribution's sources) and
+        a bit mask for each; the same pass keeps them in `LlmCall.attributes` and ORs their masks into
+        `LlmCall.extra_mask`, so nobody reads a call span's attributes twice."""
         self._keep = config.keep_originals
+        self._key_bits = dict(_KEY_BITS)
+        for key, bits in (extra_keys or {}).items():
+            self._key_bits[key] = self._key_bits.get(key, 0) | (bits << _EXTRA_SHIFT)
+        self._cw_keys = SEMCONV_CACHE_WRITE[config.semconv]
+        self._cw_key = self._cw_keys[0]
         self.errors = 0  # spans skipped because normalizing them raised (a bug: never expected)
 
     def _failed(self, where: str) -> None:
@@ -596,11 +731,12 @@ class Normalizer:
 
     def __call__(self, batch: Batch) -> Batch:
         found: list[_Found] = []
-        key_bits = _KEY_BITS
+        key_bits = self._key_bits
         examine = self._examine
         request = batch.request
         for rs in request.resource_spans:
             service: str | None = None
+            resource = None
             for ss in rs.scope_spans:
                 scope: str | None = None
                 for span in ss.spans:
@@ -622,10 +758,14 @@ class Normalizer:
                         continue
                     if f is None:
                         continue
+                    f.scope = scope
                     if f.call is not None:
                         if service is None:
                             service = _service(rs)
+                            resource = rs.resource
                         f.call.service = service
+                        f.call.resource = resource
+                        f.call.extra_mask = mask >> _EXTRA_SHIFT
                     found.append(f)
         calls: list[LlmCall] = []
         if found:
@@ -667,16 +807,19 @@ class Normalizer:
             already = LLM_CALL in d  # normalized before: canonical counts have the semconv meaning
             kv = d.get(PROVIDER_INFERRED)
             inferred = kv is not None and kv.value.bool_value
-        role, operation = _classify(d, span)
+        role, operation = _classify(d, span, mask)
         if role != _CALL:
             if already:
                 operation = "chat"
-            elif _USAGE_KEYS.isdisjoint(d):
-                return None
+            elif _USAGE_KEYS.isdisjoint(d) or (mask & _B_WEAK and not _strong_evidence(d)):
+                return None  # hand-written `llm.*` counts that are not a call are not an aggregate either
             else:
                 return _Found(span, d, _AGGREGATE, has_usage=True)
 
         error = span.status.code == _STATUS_ERROR
+        if mask & _B_WEAK and not error and span.events:
+            # Hand-written spans record the exception without always setting the status.
+            error = any(e.name == "exception" for e in span.events)
         if mask & _B_LANGFUSE and not error:
             kv = d.get(LANGFUSE_LEVEL)
             error = kv is not None and kv.value.string_value == "ERROR"
@@ -777,7 +920,7 @@ class Normalizer:
             else:
                 cr = _first_int(d, _CACHE_READ_KEYS)
         if mask & _B_CACHE_WRITE:
-            kv = get(CACHE_WRITE_TOKENS)
+            kv = get(self._cw_key)
             if kv is not None and 0 < (n := kv.value.int_value) <= _MAX_COUNT:
                 cw = n
                 exact |= _B_CACHE_WRITE
@@ -791,7 +934,19 @@ class Normalizer:
             else:
                 rs = _first_int(d, _REASONING_KEYS)
         input_raw = inp
-        if inp is None and out is None:
+        native = _native_usage(d) if mask & _B_RAW else None
+        if native is not None:
+            # The provider's own usage object, already in semconv meaning: each count it has wins.
+            counts = [inp, out, cr, cw, rs]
+            for i, (n, bit) in enumerate(zip(native, (_B_INPUT, _B_OUTPUT, _B_CACHE_READ, _B_CACHE_WRITE,
+                                                      _B_REASONING))):
+                if n is not None and n != counts[i]:
+                    counts[i] = n
+                    exact &= ~bit
+            inp, out, cr, cw, rs = counts
+            if input_raw is None:
+                input_raw = inp
+        elif inp is None and out is None:
             if mask & _B_JSON_USAGE:
                 usage = None
                 kv = d.get(LANGFUSE_USAGE)
@@ -853,6 +1008,9 @@ class Normalizer:
             else:
                 for k in _COST_KEYS:
                     kv = d.get(k)
+                    if kv is not None and k == COST_AMOUNT and (c := d.get(COST_CURRENCY)) is not None and \
+                            c.value.string_value.upper() not in ("", "USD"):
+                        continue  # a cost in another currency is not a USD figure
                     if kv is not None:
                         cost = _reported_cost(k, kv)
                         if cost is not None:
@@ -905,6 +1063,8 @@ class Normalizer:
             while parent and hops < _MAX_DEPTH and parent not in seen:
                 seen.add(parent)
                 above = index.get((t, parent))
+                if above is not None:
+                    above.call_below = True
                 if above is not None and (above.role == _CALL or above.role == _WRAPPER) and not above.marked_dup:
                     if not above.has_usage:
                         above.role = _WRAPPER  # e.g. a failed framework span around the failed SDK call
@@ -924,6 +1084,13 @@ class Normalizer:
                 if f is not keep:
                     f.role = _DUPLICATE
                     f.duplicate_of = keep.span_id
+        if len({f.scope for f in callish}) >= 2:  # duplicates need two instrumentations
+            _sibling_duplicates(callish, traces)
+        for f in callish:  # Logfire's stream-end spans have no duration
+            c = f.call
+            if c is not None and f.has_usage and c.start_time_unix_nano == c.end_time_unix_nano:
+                _stream_halves(callish, traces)
+                break
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -951,9 +1118,10 @@ class Normalizer:
             if c.cache_read_tokens is not None and not exact & _B_CACHE_READ and \
                     _put_int(span, d, CACHE_READ_TOKENS, c.cache_read_tokens):
                 changed = True
-            if c.cache_write_tokens is not None and not exact & _B_CACHE_WRITE and \
-                    _put_int(span, d, CACHE_WRITE_TOKENS, c.cache_write_tokens):
-                changed = True
+            if c.cache_write_tokens is not None:
+                for key in self._cw_keys if not exact & _B_CACHE_WRITE else self._cw_keys[1:]:
+                    if _put_int(span, d, key, c.cache_write_tokens):
+                        changed = True
             if c.reasoning_tokens is not None and not exact & _B_REASONING and \
                     _put_int(span, d, REASONING_TOKENS, c.reasoning_tokens):
                 changed = True
@@ -961,7 +1129,7 @@ class Normalizer:
                 changed = True
             if c.provider_inferred and _put_true(span, d, PROVIDER_INFERRED):
                 changed = True
-            if not self._keep and _remove_folded(span, d, c):
+            if not self._keep and _remove_folded(span, d, c, self._cw_keys):
                 changed = True
             return changed
         if role == _DUPLICATE:
@@ -1079,6 +1247,79 @@ def _reported_cost(key: str, kv: Any) -> float | None:
     return _float(kv)
 
 
+_MAX_SIBLINGS = 64  # calls under one parent compared pairwise; a larger fan-out is left as it is
+
+
+def _sibling_duplicates(callish: list[_Found], traces: set[bytes]) -> None:
+    """Two instrumentations on one call that share no response id (LangChain's `ChatOpenAI.chat`
+    beside OpenLLMetry's `openai.response`): sibling call spans (same trace, same parent) from
+    different instrumentation scopes, overlapping in time, with compatible models and providers
+    and the same usage, neither with a call span below it. One library's own spans are never
+    merged (two identical calls it makes are two calls), nor are calls that do not overlap, nor
+    siblings that each wrap instrumented calls of their own."""
+    siblings: dict[tuple[bytes, bytes], list[_Found]] = {}
+    for f in callish:
+        if f.role == _CALL and f.has_usage and not f.call_below and f.trace_id in traces:
+            siblings.setdefault((f.trace_id, f.parent_id), []).append(f)
+    for group in siblings.values():
+        if len(group) < 2 or len(group) > _MAX_SIBLINGS or len({f.scope for f in group}) < 2:
+            continue
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if a.role != _CALL or b.role != _CALL or a.scope == b.scope:
+                    continue
+                ca, cb = a.call, b.call
+                if ca is None or cb is None:
+                    continue
+                if not (ca.start_time_unix_nano < cb.end_time_unix_nano
+                        and cb.start_time_unix_nano < ca.end_time_unix_nano):
+                    continue
+                if ca.provider and cb.provider and ca.provider != cb.provider:
+                    continue
+                if not _same_usage(a, b) or not _same_model(ca, cb):
+                    continue
+                keep, drop = (a, b) if _completeness(a) >= _completeness(b) else (b, a)
+                drop.role = _DUPLICATE
+                drop.duplicate_of = keep.span_id
+
+
+def _stream_halves(callish: list[_Found], traces: set[bytes]) -> None:
+    """Logfire records a streamed call as two spans of one scope under one parent: the request span
+    (no usage) and, once the stream is consumed, a zero-duration span (`streaming response from
+    ...`) with the usage. The request half is then not a call of its own (a wrapper): the usage
+    half stands for the call. Paired in time order, each usage half with the latest request half
+    of the same model that started before it."""
+    groups: dict[tuple[bytes, bytes, str], list[_Found]] = {}
+    for f in callish:
+        if f.role == _CALL and f.trace_id in traces and f.call is not None:
+            groups.setdefault((f.trace_id, f.parent_id, f.scope), []).append(f)
+    for group in groups.values():
+        if len(group) < 2 or len(group) > _MAX_SIBLINGS:
+            continue
+        halves = [f for f in group if f.has_usage and f.call.start_time_unix_nano == f.call.end_time_unix_nano]
+        requests = [f for f in group if not f.has_usage and not f.call.error and not f.call_below]
+        if not halves or not requests:
+            continue
+        requests.sort(key=lambda f: f.call.start_time_unix_nano)
+        for half in sorted(halves, key=lambda f: f.call.start_time_unix_nano):
+            t = half.call.start_time_unix_nano
+            for req in reversed(requests):
+                if req.role == _CALL and req.call.start_time_unix_nano <= t and _same_model(req.call, half.call):
+                    req.role = _WRAPPER
+                    break
+
+
+def _same_model(a: LlmCall, b: LlmCall) -> bool:
+    """Some model of one is some model of the other, or a dated snapshot of it."""
+    for x in (a.request_model, a.response_model):
+        if not x:
+            continue
+        for y in (b.request_model, b.response_model):
+            if y and (x == y or x.startswith(y) or y.startswith(x)):
+                return True
+    return False
+
+
 def _same_usage(a: _Found, b: _Found) -> bool:
     """Same call seen twice: equal output, and equal input as reported or as normalized."""
     ca, cb = a.call, b.call
@@ -1095,14 +1336,16 @@ def _completeness(f: _Found) -> int:
                                        c.reasoning_tokens, c.request_model, c.response_model, c.provider))
 
 
-def _remove_folded(span: Any, d: dict[str, Any], call: LlmCall) -> bool:
+def _remove_folded(span: Any, d: dict[str, Any], call: LlmCall, written: tuple[str, ...]) -> bool:
     """Delete the scalar aliases of each concept whose canonical attribute was written."""
     remove = set()
     for field, aliases in _FOLDABLE:
         if getattr(call, field) is not None:
             for k in aliases:
-                if k in d:
+                if k in d and k not in written:
                     remove.add(k)
+    if call.cache_write_tokens is not None and CACHE_WRITE_TOKENS in d and CACHE_WRITE_TOKENS not in written:
+        remove.add(CACHE_WRITE_TOKENS)
     if not remove:
         return False
     attrs = span.attributes
@@ -1114,5 +1357,11 @@ def _remove_folded(span: Any, d: dict[str, Any], call: LlmCall) -> bool:
     return True
 
 
+def settings(config: Any) -> object:
+    """The normalizer also reads the attribution sources' keys (see `Normalizer`)."""
+    return (config.pipeline.normalize, config.attribution)
+
+
 def create(config: Config, context: ProcessorContext) -> Processor:
-    return Normalizer(config)
+    attribution = getattr(context.config, "attribution", None)
+    return Normalizer(config, span_keys(attribution) if attribution is not None else None)

@@ -7,12 +7,18 @@ Per call (`batch.llm_calls`), in this order:
 * no token counts at all (e.g. a failed call): nothing to price, nothing written (unless the
   emitter reported a non-zero cost anyway, which is kept as below);
 * the emitter reported a cost (`call.reported_cost`): kept as is (source `reported`), written to
-  `gen_ai.usage.cost` if the span does not carry that key, never recomputed;
+  `gen_ai.usage.cost` if the span does not carry that key, never recomputed; except a reported
+  0 on a call with tokens, which is an emitter that did not know the price: priced as below;
 * otherwise the price table (overrides, then genai-prices) quotes it (source `computed` or
   `override`), by the call's start time and service tier; a response model unknown to the
   table falls back to the request model;
 * no price known: `otelgate.cost.source=unknown` and no cost attribute (never a guess), and one
   warning per (provider, model) for the life of the processor, saying how to add a price.
+
+Beside `gen_ai.usage.cost` (the key Langfuse and OpenLIT read) every priced call also gets the
+proposed semconv cost triple `gen_ai.usage.cost.amount` (the same USD figure),
+`gen_ai.usage.cost.currency` (`USD`) and `gen_ai.usage.cost.source` (`computed`, `override` or
+`reported`, as `otelgate.cost.source`). An unknown price writes none of the three.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import math
 from typing import Any
 
 import orjson
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.batch import Batch
 from gateway.configtypes import StrictModel
-from gateway.llm.call import COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, PRICE_MODEL, LlmCall
+from gateway.llm.call import (
+    COST, COST_AMOUNT, COST_CURRENCY, COST_INPUT, COST_OUTPUT, COST_SOURCE, COST_SOURCE_SEMCONV, PRICE_MODEL, LlmCall,
+)
 from gateway.llm.pricing import Override, PriceTable, Quote, RefreshConfig
 from gateway.logs import get_logger
 from gateway.otlp.anyvalue import number
@@ -41,7 +49,7 @@ _OI_PROMPT = "llm.cost.prompt"
 _OI_COMPLETION = "llm.cost.completion"
 _LANGFUSE_COST_DETAILS = "langfuse.observation.cost_details"
 _WATCHED = frozenset((COST, COST_INPUT, COST_OUTPUT, COST_SOURCE, PRICE_MODEL, _OI_PROMPT, _OI_COMPLETION,
-                      _LANGFUSE_COST_DETAILS))
+                      _LANGFUSE_COST_DETAILS, COST_AMOUNT, COST_CURRENCY, COST_SOURCE_SEMCONV))
 
 
 class Config(StrictModel):
@@ -86,6 +94,10 @@ class PriceProcessor:
         if (call.input_tokens is None and call.output_tokens is None
                 and call.cache_read_tokens is None and call.cache_write_tokens is None and not reported):
             return False  # nothing to price (e.g. a failed call; a reported 0 says nothing more)
+        if reported == 0.0 and (call.input_tokens or call.output_tokens):
+            # A zero for a call that used tokens is an emitter that did not know the price (LiteLLM
+            # writes gen_ai.cost.total_cost = 0.0 then), not a bill: the price table decides.
+            reported = None
 
         span = call.span
         seen = call.attributes if call.attributes is not None else _watched_attributes(span)
@@ -103,13 +115,14 @@ class PriceProcessor:
                 call.cost_input_usd, call.cost_output_usd = split
                 _put(span, seen, COST_INPUT, split[0])
                 _put(span, seen, COST_OUTPUT, split[1])
-            _put(span, seen, COST_SOURCE, "reported")
+            _put_source(span, seen, "reported")
+            _put_semconv(span, seen, cost, "reported")
             return True
 
         quote = self._quote(call)
         if quote is None:
             call.cost_source = "unknown"
-            _put(span, seen, COST_SOURCE, "unknown")
+            _put_source(span, seen, "unknown")
             self._warn_unknown(call)
             return True
 
@@ -121,8 +134,9 @@ class PriceProcessor:
         _put(span, seen, COST, quote.total_usd)
         _put(span, seen, COST_INPUT, quote.input_usd)
         _put(span, seen, COST_OUTPUT, quote.output_usd)
-        _put(span, seen, COST_SOURCE, quote.source)
+        _put_source(span, seen, quote.source)
         _put(span, seen, PRICE_MODEL, quote.matched)
+        _put_semconv(span, seen, quote.total_usd, quote.source)
         return True
 
     def _quote(self, call: LlmCall) -> Quote | None:
@@ -204,6 +218,37 @@ def _reported_split(seen: dict[str, KeyValue]) -> tuple[float, float] | None:
                     and not isinstance(out, bool):
                 return float(inp), float(out)
     return None
+
+
+_USD = KeyValue(key=COST_CURRENCY, value=AnyValue(string_value="USD"))
+_SOURCES = {s: KeyValue(key=COST_SOURCE_SEMCONV, value=AnyValue(string_value=s))
+            for s in ("computed", "override", "reported")}
+_OTELGATE_SOURCES = {s: KeyValue(key=COST_SOURCE, value=AnyValue(string_value=s))
+                     for s in ("computed", "override", "reported", "unknown")}
+
+
+def _put_source(span: Span, seen: dict[str, KeyValue], source: str) -> None:
+    """`otelgate.cost.source`: copied in from a prebuilt value (the pricer's most common write)."""
+    kv = _OTELGATE_SOURCES.get(source)
+    if COST_SOURCE in seen or kv is None:
+        _put(span, seen, COST_SOURCE, source)
+    else:
+        span.attributes.append(kv)
+
+
+def _put_semconv(span: Span, seen: dict[str, KeyValue], cost: float, source: str) -> None:
+    """The semconv cost triple; the two constant strings are copied in from prebuilt values."""
+    _put(span, seen, COST_AMOUNT, cost)
+    attrs = span.attributes
+    if COST_CURRENCY in seen:
+        seen[COST_CURRENCY].value.string_value = "USD"
+    else:
+        attrs.append(_USD)
+    kv = _SOURCES.get(source)
+    if COST_SOURCE_SEMCONV in seen or kv is None:
+        _put(span, seen, COST_SOURCE_SEMCONV, source)
+    else:
+        attrs.append(kv)
 
 
 def _put(span: Span, seen: dict[str, KeyValue], key: str, value: float | str) -> None:

@@ -33,6 +33,7 @@ from gateway.receivers.auth import Unauthenticated
 from gateway.receivers.intake import Admission, Intake, describe_decode_error
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import grpc_server_credentials
+from gateway.service import worker_id
 
 PROTOCOL = "grpc"
 
@@ -59,7 +60,7 @@ class OtlpGrpcReceiver:
         limit = config.max_message_bytes
         options = [
             ("grpc.max_receive_message_length", limit),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 0 if worker_id() is None else 1),  # workers share the port
         ]
         if config.max_connection_idle:
             options.append(("grpc.max_connection_idle_ms", int(config.max_connection_idle * 1000)))

@@ -45,6 +45,7 @@ from gateway.receivers.intake import Admission, Intake, describe_decode_error
 from gateway.receivers.langfuse_ingestion import LangfuseIngestion
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import server_ssl_context
+from gateway.service import worker_id
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -117,11 +118,12 @@ class OtlpHttpReceiver:
             factory = self.connections.wrap(runner.server)
             backlog = config.backlog or default_backlog()
             ssl_context = server_ssl_context(tls) if tls is not None else None
+            reuse_port = worker_id() is not None  # workers share the port (service.workers)
             # 0.0.0.0 means every address, IPv6 included (as gRPC and the Collector serve it):
             # None binds every family the host has, each with its own socket.
             bind_host = None if host in ("0.0.0.0", "::") else host
             server = await loop.create_server(factory, bind_host, port, backlog=backlog, reuse_address=True,
-                                              ssl=ssl_context)
+                                              reuse_port=reuse_port, ssl=ssl_context)
             self._servers.append(server)
             bound = server.sockets[0].getsockname()[1]
             if bind_host is None and port == 0 and len(server.sockets) > 1:
@@ -130,7 +132,7 @@ class OtlpHttpReceiver:
                 await server.wait_closed()
                 self._servers.clear()
                 server = await loop.create_server(factory, bind_host, bound, backlog=backlog, reuse_address=True,
-                                                  ssl=ssl_context)
+                                                  reuse_port=reuse_port, ssl=ssl_context)
                 self._servers.append(server)
         except BaseException:
             for server in self._servers:

@@ -59,7 +59,9 @@ class _Entry:
 
 
 class SinkDriver:
-    def __init__(self, name: str, sink: Sink, config: SinkConfig, metrics: Metrics, signal: Signal = TRACES) -> None:
+    def __init__(self, name: str, sink: Sink, config: SinkConfig, metrics: Metrics, signal: Signal = TRACES,
+                 backend: str | None = None) -> None:
+        """`backend`: which of a loadbalancing sink's backends this driver sends to (a label of `sent`)."""
         self.name = name
         self.signal = signal
         self.key = driver_key(name, signal)
@@ -78,7 +80,7 @@ class SinkDriver:
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
         counters = metrics.signals[signal.name]
-        self._sent = counters.sink_sent.labels(name)
+        self._sent = counters.sink_sent.labels(name, backend)
         self._failed = counters.sink_failed.labels(name)
         self._dropped = counters.sink_dropped
         self._wal: WriteAheadLog | None = None

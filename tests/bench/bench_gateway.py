@@ -5,7 +5,7 @@ Run from the repository root (see tests/bench/README.md):
 
     .venv/bin/python tests/bench/bench_gateway.py [--protocol grpc|http|both] [--clients N]
         [--concurrency C] [--duration S] [--max-requests N] [--llm-share F] [--trace-spans N]
-        [--tail WAIT [--tail-keep PCT] [--tail-cost USD]] [--json]
+        [--tail WAIT [--tail-keep PCT] [--tail-cost USD]] [--usage off|attribution|on] [--json]
 
 What it does, in one bounded run (about duration + 15 s):
 
@@ -31,7 +31,9 @@ What it does, in one bounded run (about duration + 15 s):
 6. Stops the gateway with SIGTERM and checks that the spans in the output file == the spans the
    clients had acknowledged (200 / OK, minus any partial_success rejections).
 
-Options worth knowing: `--discard` points the file sink at /dev/null (everything the gateway
+Options worth knowing: `--usage attribution|on` turns attribution (and with `on` the usage
+store) on (off otherwise, although both are on by default in otelgate, so the figures of other
+options compare with earlier runs), `--discard` points the file sink at /dev/null (everything the gateway
 does but the page-cache write; delivery is then checked with the sink's `sent` metric only),
 `--profile FILE` samples the gateway with py-spy during the load and prints where its time goes,
 `--json` prints every figure as one JSON object.
@@ -455,10 +457,30 @@ def _stat_fields(path: str) -> tuple[str, list[str]]:
 
 
 def gateway_cpu(pid: int) -> dict[str, Any]:
-    """CPU seconds (user, sys) of the whole process and of each thread, and its minor page faults.
-
-    Fields 10 (minflt), 14 (utime) and 15 (stime) of proc(5), counted from field 3 after the name.
+    """CPU seconds (user, sys) of the gateway and of each thread, and its minor page faults; with
+    `--workers`, the supervisor's and every worker's (its child processes) together.
     """
+    out = _process_cpu(pid)
+    for child in _children(pid):
+        try:
+            c = _process_cpu(child)
+        except OSError:  # the worker ended
+            continue
+        for key in ("user", "sys", "minflt"):
+            out[key] += c[key]
+        out["threads"].update({f"{k}@{child}": v for k, v in c["threads"].items()})
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _process_cpu(pid: int) -> dict[str, Any]:
+    """Fields 10 (minflt), 14 (utime) and 15 (stime) of proc(5), counted from field 3 after the name."""
     _, f = _stat_fields(f"/proc/{pid}/stat")
     out: dict[str, Any] = {"user": int(f[11]) / CLK_TCK, "sys": int(f[12]) / CLK_TCK, "minflt": int(f[7]), "threads": {}}
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -715,10 +737,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
                    "llm_share": args.llm_share, "trace_spans": args.trace_spans, "processors": not args.no_processors,
+                   "usage": args.usage,
                    "redact": args.redact,
                    "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
                    "sink_path": "/dev/null" if args.discard else "file in a temp dir",
-                   "limits": json.loads(args.limits) if args.limits else None, "tail": tail_settings(args)},
+                   "limits": json.loads(args.limits) if args.limits else None, "tail": tail_settings(args),
+                   "workers": args.workers},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "note": "client processes share the machine's cores with the gateway: spans_per_s is bounded by the "
                 "clients' CPU too; gateway.spans_per_s_per_core (gateway CPU time only) is not",
@@ -741,10 +765,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "receivers": {"grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}},
         "admin": {"endpoint": "127.0.0.1:0"},
         "sinks": {SINK: {"type": "file", "path": str(out_path), "format": args.format, "rotate_bytes": 0}},
-        "service": {"shutdown_grace": "30s"},
+        "service": {"shutdown_grace": "30s", "workers": args.workers},
     }
     if args.no_processors:
         config["pipeline"] = {name: {"enabled": False} for name in ("normalize", "price", "llm_metrics")}
+    # Attribution and usage accounting (on by default in otelgate) only with --usage, so the other
+    # figures keep the meaning they had before them.
+    config["usage"] = {"enabled": True, "path": str(workdir / "usage.db")} if args.usage == "on" else {"enabled": False}
+    if args.usage == "off":
+        config.setdefault("pipeline", {})["account"] = {"enabled": False}
     if args.redact:
         config.setdefault("pipeline", {})["redact"] = {
             "enabled": True, "content": args.redact, "hash_secret": "bench-secret-0123456789"}
@@ -766,7 +795,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.queue == "disk":
         config["sinks"][SINK]["queue"] = {"type": "disk", "dir": str(workdir / "queue"), "fsync": args.fsync,
                                           "max_bytes": "8GiB"}
-    gw = GatewayProcess(config, workdir).wait_ready()
+    gw = GatewayProcess(config, workdir).wait_ready(60)
     procs: list[mp.Process] = []
     try:
         pid = gw.pid
@@ -894,7 +923,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sent_metric = after["sent"]
         exit_code = gw.stop(60)
         counted = args.sink == "file" and args.format == "proto" and not args.discard
-        records, file_spans = spans_in_file(out_path) if counted else (None, None)
+        records = file_spans = None
+        if counted:  # with workers, each writes its own file (out.worker-<id>.pb)
+            files = [out_path] if args.workers == 1 else sorted(workdir.glob("out.worker-*.pb"))
+            records, file_spans = map(sum, zip(*(spans_in_file(f) for f in files))) if files else (0, 0)
         if args.tail:  # the sink gets what the buffer kept; every accepted span was decided
             expected = after["tail_kept"]
             accounted = after["tail_kept"] + after["tail_dropped"] == after["accepted"] == acked_total
@@ -1021,7 +1053,7 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--protocol", choices=("grpc", "http", "both"), default="both",
@@ -1055,8 +1087,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("proto", "json"), default="proto", help="file sink format")
     parser.add_argument("--limits", metavar="JSON",
                         help='the gateway\'s `limits:` as JSON, e.g. \'{"max_attributes_per_span": 128}\'')
+    parser.add_argument("--usage", choices=("off", "attribution", "on"), default="off",
+                        help="attribution: the account processor attributes calls; on: and usage rollups to SQLite "
+                             "in the temp dir (default off, so the figures compare with runs before them)")
     parser.add_argument("--discard", action="store_true",
                         help="file sink path /dev/null: everything but the page-cache write (delivery checked by metric)")
+    parser.add_argument("--workers", type=int, default=1, help="service.workers (the gateway's CPU counts every worker's)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random trace/span ids")
     parser.add_argument("--workdir",
                         help="keep the gateway's config, log and output here (otherwise a temp dir, removed at the end)")
@@ -1064,6 +1100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE",
                         help="sample the gateway with py-spy during the load (raw stacks to FILE) and summarize")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every figure")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.clients < 1 or args.concurrency < 1 or args.duration <= 0 or args.trace_spans < 1:
         parser.error("--clients, --concurrency and --trace-spans must be >= 1 and --duration > 0")

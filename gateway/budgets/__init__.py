@@ -1,0 +1,1 @@
+"""Budgets and alert rules on LLM usage, and the notifications they send."""

@@ -1,0 +1,1 @@
+"""Usage accounting: attribution of LLM calls, rollups and their store."""
