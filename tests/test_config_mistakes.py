@@ -107,7 +107,7 @@ def test_a_yaml_error_names_the_file(tmp_path: Path) -> None:
 def test_the_example_passes_check_with_no_variables_set(tmp_path: Path) -> None:
     result = _check(tmp_path, (ROOT / "config.example.yaml").read_text(), env=SCRUBBED)
     assert result.returncode == 0, result.stderr
-    assert "processors: normalize, price, llm_metrics" in result.stdout
+    assert "processors: normalize, price, account, llm_metrics, feedback" in result.stdout
 
 
 def test_a_sink_pointed_at_our_own_receiver_is_refused(tmp_path: Path) -> None:
@@ -298,9 +298,9 @@ def test_a_bare_number_for_a_duration_is_an_error(tmp_path: Path) -> None:
 def test_a_present_processor_section_is_on_and_check_says_so(tmp_path: Path, section: str) -> None:
     result = _check(tmp_path, f"sinks: {{a: {{type: file}}}}\npipeline: {section}")
     assert result.returncode == 0, result.stderr
-    assert "processors: normalize, price, llm_metrics, feedback, redact" in result.stdout
+    assert "processors: normalize, price, account, llm_metrics, feedback, redact" in result.stdout
     off = _check(tmp_path, "sinks: {a: {type: file}}\npipeline: {redact: {enabled: false, content: drop}, price: {enabled: false}}")
-    assert "processors: normalize, llm_metrics, feedback\n" in off.stdout
+    assert "processors: normalize, account, llm_metrics, feedback\n" in off.stdout
 
 
 def test_redact_with_only_content_set_redacts_through_the_gateway(tmp_path: Path) -> None:
