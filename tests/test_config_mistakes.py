@@ -365,7 +365,7 @@ def test_llm_metrics_label_a_call_by_its_requested_model_whether_it_failed_or_no
             assert f"\n{name} " in text, name
         loaded = next(line for line in gw.lines if " loaded " in line)
         for fragment in ("listeners='admin=127.0.0.1:", "OTLP/gRPC=127.0.0.1:", "sinks=out(file)", "routes=default",
-                         "processors=normalize,price,llm_metrics", "prices='genai-prices "):
+                         "processors=normalize,price,account,llm_metrics", "prices='genai-prices "):
             assert fragment in loaded, loaded
     finally:
         assert gw.stop() == 0
