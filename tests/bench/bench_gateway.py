@@ -707,7 +707,8 @@ def tail_settings(args: argparse.Namespace) -> dict[str, Any] | None:
     """The gateway's `sampling.tail` for `--tail` (None without): memory bounds far above the load's."""
     if not args.tail:
         return None
-    return {"decision_wait": args.tail, "idle": args.tail if args.tail_idle is None else args.tail_idle,
+    idle = args.tail if args.tail_idle is None else args.tail_idle
+    return {"decision_wait": f"{args.tail:g}s", "idle": f"{idle:g}s",
             "max_traces": 1_000_000, "max_bytes": "4GiB",
             "policies": [{"type": "error"}, {"type": "cost", "threshold_usd": args.tail_cost},
                          {"type": "probabilistic", "percentage": args.tail_keep}]}
@@ -987,7 +988,7 @@ def report(r: dict[str, Any]) -> str:
     if tail:
         policies = ", ".join(f"{p['type']}" + (f" > {p['threshold_usd']:g} USD" if p["type"] == "cost" else "")
                              + (f" {p['percentage']:g}%" if p["type"] == "probabilistic" else "") for p in tail["policies"])
-        lines.append(f"tail sampling: decision_wait {tail['decision_wait']:g} s, idle {tail['idle']:g} s; policies {policies}")
+        lines.append(f"tail sampling: decision_wait {tail['decision_wait']}, idle {tail['idle']}; policies {policies}")
     for protocol in ("grpc", "http"):
         p = r.get(protocol)
         if not p:

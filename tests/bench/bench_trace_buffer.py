@@ -55,8 +55,8 @@ def main() -> int:
 sinks: {{a: {{type: file}}}}
 sampling:
   tail:
-    decision_wait: {args.wait}
-    idle: {args.wait}
+    decision_wait: {args.wait}s
+    idle: {args.wait}s
     max_traces: 1000000
     max_bytes: 4GiB
     policies: [{{type: error}}, {{type: cost, threshold_usd: {args.tail_cost}}},
