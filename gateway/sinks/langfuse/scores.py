@@ -33,6 +33,7 @@ from gateway.batch import Batch
 from gateway.errors import PermanentError, RetryableError
 from gateway.processors.feedback import EVENT, LABEL, NAME, VALUE, _is_evaluation
 from gateway.sinks.base import Rejected, is_retry_of
+from gateway.sinks.langfuse.client import LangfuseClient
 from gateway.sinks.otlp import classify_http
 
 PATH = "/api/public/scores"
@@ -102,29 +103,10 @@ def score_of(record: Any) -> dict[str, Any] | None:
     return body
 
 
-class LangfuseScoresSink:
+class LangfuseScoresSink(LangfuseClient):
     def __init__(self, name: str, config: Any) -> None:
-        self.name = name
-        self.config = config
-        self.url = config.endpoint + PATH
-        self._own = (config.public_key, config.secret_key) if config.public_key and config.secret_key else None
-        self._session: aiohttp.ClientSession | None = None
-        self._pending: list[Batch] | None = None
+        super().__init__(name, config, PATH)
         self._done: set[str] = set()  # score ids of a send already accepted (a retry resends the rest)
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout))
-
-    async def shutdown(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _credentials(self, batch: Batch) -> tuple[str, str] | None:
-        if self.config.forward_credentials and batch.context.credentials is not None:
-            return batch.context.credentials
-        return self._own
 
     async def send(self, batches: Sequence[Batch]) -> Rejected | None:
         if not is_retry_of(self._pending, batches):

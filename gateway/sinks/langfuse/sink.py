@@ -35,6 +35,7 @@ from gateway.errors import PermanentError, RetryableError
 from gateway.logs import get_logger
 from gateway.otlp.signals import TRACES, Signal
 from gateway.sinks.base import Rejected, SinkConfig, is_retry_of
+from gateway.sinks.langfuse.client import LangfuseClient
 from gateway.sinks.langfuse.encode import prepare, split
 from gateway.sinks.langfuse.scores import LangfuseScoresSink
 from gateway.sinks.otlp import classify_http
@@ -78,33 +79,17 @@ class Config(SinkConfig):
         return value
 
 
-class LangfuseSink:
+class LangfuseSink(LangfuseClient):
     def __init__(self, name: str, config: Config) -> None:
-        self.name = name
-        self.config = config
-        self.url = config.endpoint + PATH
+        super().__init__(name, config, PATH)
         self._headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip",
                          "User-Agent": f"otelgate/{__version__}"}
-        self._own = (config.public_key, config.secret_key) if config.public_key and config.secret_key else None
-        self._session: aiohttp.ClientSession | None = None
-        # Exports of a send already accepted, so a retry after a partial failure resends only the rest.
-        self._pending: list[Batch] | None = None
-        self._done: set[int] = set()
+        self._done: set[int] = set()  # exports of a send already accepted
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout))
             _log.info("langfuse sink configured", sink=self.name, url=self.url, public_key=self.config.public_key)
-
-    async def shutdown(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _credentials(self, batch: Batch) -> tuple[str, str] | None:
-        if self.config.forward_credentials and batch.context.credentials is not None:
-            return batch.context.credentials
-        return self._own
+        await super().start()
 
     async def send(self, batches: Sequence[Batch]) -> Rejected | None:
         if not is_retry_of(self._pending, batches):
