@@ -1,4 +1,4 @@
-"""Span sizes from the protobuf framing agree with what upb says each span encodes to."""
+"""Span sizes and places from the protobuf framing agree with what upb parses and encodes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.otlp.wire import span_sizes
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from gateway.otlp.wire import span_ranges, span_sizes
 from tests.conftest import FIXTURES, TRACE_FIXTURES, read_records
 
 
@@ -17,10 +19,23 @@ def _sizes(request: ExportTraceServiceRequest) -> list[int]:
     return [span.ByteSize() for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
 
 
+def _check_ranges(body: bytes) -> None:
+    """Each range holds the encoding of the span at its (resource, scope, span) index, and every span has one."""
+    request = ExportTraceServiceRequest.FromString(body)
+    ranges = span_ranges(body)
+    assert ranges is not None
+    where = [(ri, si, ki) for ri, rs in enumerate(request.resource_spans) for si, ss in enumerate(rs.scope_spans)
+             for ki in range(len(ss.spans))]
+    assert [r[:3] for r in ranges] == where
+    for ri, si, ki, start, end in ranges:
+        assert Span.FromString(body[start:end]) == request.resource_spans[ri].scope_spans[si].spans[ki]
+
+
 @pytest.mark.parametrize("fixture", TRACE_FIXTURES)
 def test_fixture_requests(fixture: str) -> None:
     for body in read_records(FIXTURES / f"{fixture}.otlp.bin"):
         assert span_sizes(body) == _sizes(ExportTraceServiceRequest.FromString(body))
+        _check_ranges(body)
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,6 +57,7 @@ def test_generated_requests(shape: list[list[list[int]]], with_extras: bool) -> 
                              start_time_unix_nano=1, end_time_unix_nano=2**62)
     body = request.SerializeToString()
     assert span_sizes(body) == _sizes(ExportTraceServiceRequest.FromString(body))
+    _check_ranges(body)
 
 
 def test_unknown_fields_are_skipped_and_groups_give_up() -> None:
@@ -50,5 +66,7 @@ def test_unknown_fields_are_skipped_and_groups_give_up() -> None:
     body = request.SerializeToString()
     unknown = bytes([0x78, 0x96, 0x01, 0x81, 0x01]) + bytes(8) + bytes([0x7D]) + bytes(4)  # varint 15, fixed64 16, fixed32 15
     assert span_sizes(unknown + body) == [len(request.resource_spans[0].scope_spans[0].spans[0].SerializeToString())]
-    assert span_sizes(bytes([0x7B, 0x7C]) + body) is None  # an empty group, field 15: upb accepts it; we measure otherwise
+    _check_ranges(unknown + body)
+    assert span_sizes(bytes([0x7B, 0x7C]) + body) is None
+    assert span_ranges(bytes([0x7B, 0x7C]) + body) is None  # an empty group, field 15: upb accepts it; we measure otherwise
     ExportTraceServiceRequest.FromString(bytes([0x7B, 0x7C]) + body)

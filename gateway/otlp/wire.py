@@ -41,6 +41,33 @@ def span_sizes(raw: bytes) -> list[int] | None:
     return sizes
 
 
+def span_ranges(raw: bytes) -> list[tuple[int, int, int, int, int]] | None:
+    """Where each span of `raw` (an ExportTraceServiceRequest) sits: (resource index, scope index,
+    span index, start, end) with raw[start:end] the span's encoding (without its tag and length),
+    in the order the parsed request holds them; None if the framing holds something unusual.
+
+    This is the map from bytes to messages that lets a processor decide from the bytes which
+    spans concern it (a key is plain bytes on the wire) and touch only those in Python."""
+    out = []
+    try:
+        ri = 0
+        for field, start, end in _fields(raw, 0, len(raw)):
+            if field == _RESOURCE_SPANS:
+                si = 0
+                for field2, start2, end2 in _fields(raw, start, end):
+                    if field2 == _SCOPE_SPANS:
+                        ki = 0
+                        for field3, start3, end3 in _fields(raw, start2, end2):
+                            if field3 == _SPANS:
+                                out.append((ri, si, ki, start3, end3))
+                                ki += 1
+                        si += 1
+                ri += 1
+    except (_Unusual, IndexError):
+        return None
+    return out
+
+
 def encode_varint(n: int) -> bytes:
     """`n` (>= 0) as a base-128 varint, least significant group first."""
     out = bytearray()
