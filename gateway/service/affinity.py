@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from gateway.batch import Batch, RequestContext
 from gateway.errors import Refused
 from gateway.logs import get_logger
 from gateway.otlp.signals import TRACES
+from gateway.otlp.wire import encode_varint
 
 _log = get_logger("affinity")
 _LEN = struct.Struct(">I")
@@ -89,20 +90,35 @@ class AffinityPipeline:
     async def consume(self, batch: Batch) -> None:
         if batch.signal is not TRACES:
             return await self._pipeline.consume(batch)
+        raw = batch.serialized()  # the received bytes; encoded once if the receiver changed the request
+        split = split_traces(raw, self.worker, self.workers)
+        if split is None:  # framing this walker does not read (never from an OTLP SDK): parse per owner
+            return await self._consume_parsed(batch)
+        shares, foreign = split
+        if not foreign:
+            return await self._pipeline.consume(batch)
+        own = shares.pop(self.worker, None)
+        if own is None and len(shares) == 1:  # one other owner for all of it: the bytes as they are
+            shares = {owner: (raw, count) for owner, (_, count) in shares.items()}
+        jobs = [self._forward(owner, body, count, batch.context) for owner, (body, count) in shares.items()]
+        if own is not None:
+            _keep_only(batch.request, foreign)
+            batch.raw, batch.items = own[0], own[1]
+            jobs.append(self._pipeline.consume(batch))
+        await _all(jobs)
+
+    async def _consume_parsed(self, batch: Batch) -> None:
+        """The slow path: group the parsed spans by owner, encoding every share."""
         parts = _split(batch, self.workers)
         if len(parts) == 1 and self.worker in parts:
             return await self._pipeline.consume(batch)
-        results = await asyncio.gather(*(
-            self._pipeline.consume(part) if owner == self.worker else self._forward(owner, part)
-            for owner, part in parts.items()), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await _all([self._pipeline.consume(part) if owner == self.worker
+                    else self._forward(owner, part.serialized(), part.items, part.context)
+                    for owner, part in parts.items()])
 
-    async def _forward(self, owner: int, batch: Batch) -> None:
-        header = orjson.dumps({"tenant": batch.context.tenant, "tenant_attribute": batch.context.tenant_attribute,
-                               "protocol": batch.context.protocol})
-        body = batch.serialized()
+    async def _forward(self, owner: int, body: bytes, items: int, context: RequestContext) -> None:
+        header = orjson.dumps({"tenant": context.tenant, "tenant_attribute": context.tenant_attribute,
+                               "protocol": context.protocol, "items": items})
         try:
             reader, writer = await self._connection(owner)
             writer.write(b"".join((_LEN.pack(len(header)), header, _LEN.pack(len(body)))))
@@ -118,7 +134,7 @@ class AffinityPipeline:
             raise Refused(f"worker {owner} (owner of some of these traces) is not answering: {exc}; retry later",
                           retry_after=_RETRY_AFTER) from None
         self._idle.setdefault(owner, []).append((reader, writer))
-        self._forwarded.inc(batch.items)
+        self._forwarded.inc(items)
 
     async def _connection(self, owner: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         idle = self._idle.get(owner)
@@ -140,11 +156,14 @@ class AffinityPipeline:
                 header = orjson.loads(await reader.readexactly(size))
                 (size,) = _LEN.unpack(await reader.readexactly(4))
                 body = await reader.readexactly(size)
+                # Validated, limited and tenant-stamped by the worker that received it: only parsed here.
                 request = TRACES.request.FromString(body)
+                items = header.get("items")
                 context = RequestContext(header.get("protocol") or "forwarded", tenant=header.get("tenant"),
                                          tenant_attribute=header.get("tenant_attribute"))
                 try:
-                    await self._pipeline.consume(Batch(request, TRACES.count(request), context, raw=body))
+                    await self._pipeline.consume(Batch(request, items if items is not None else TRACES.count(request),
+                                                       context, raw=body))
                 except Refused as exc:
                     message = str(exc).encode()
                     writer.write(b"\x01" + _LEN.pack(len(message)) + message)
@@ -155,6 +174,160 @@ class AffinityPipeline:
             _log.warning("affinity connection closed", worker=self.worker, error=str(exc))
         finally:
             writer.close()
+
+
+async def _all(jobs: list[Any]) -> None:
+    """Run every share's hand-over at once; the first failure is the request's (after all finished)."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+# -- splitting the received bytes by owner --------------------------------------------------------
+#
+# ExportTraceServiceRequest: 1 resource_spans; ResourceSpans: 2 scope_spans (1 resource, 3 schema_url);
+# ScopeSpans: 2 spans (1 scope, 3 schema_url); Span: 1 trace_id (upb and every SDK write it first).
+# A share is assembled from slices of the received bytes: each resource's and scope's other fields
+# copied once into every share that has spans under them, each span's encoding as it arrived.
+
+_RESOURCE_SPANS_TAG = 0x0A  # field 1, length-delimited
+_CHILD_TAG = 0x12  # field 2, length-delimited: ResourceSpans.scope_spans and ScopeSpans.spans
+_TRACE_ID_PREFIX = b"\x0a\x10"  # Span.trace_id, 16 bytes
+
+
+class _Unreadable(Exception):
+    """Framing the splitter does not read (a group, a truncated field): the caller parses instead."""
+
+
+def split_traces(raw: bytes, me: int, workers: int) -> tuple[dict[int, tuple[bytes, int]], dict[tuple[int, int], list[int]]] | None:
+    """`raw` (an ExportTraceServiceRequest) in one encoded request per owning worker, with its span count,
+    and, for the parsed request, where the spans owned by others sit: {(resource, scope): [span indexes]}.
+
+    Nothing is decoded but the framing and each span's trace id. The share of `me` keeps the
+    resources and scopes that have no spans at all (there is no trace to own them), and the parsed
+    request, with `_keep_only(request, foreign)`, becomes exactly what `me`'s share encodes.
+    None: something unusual in the framing; the caller groups the parsed spans instead."""
+    try:
+        return _split_bytes(raw, me, workers)
+    except (_Unreadable, IndexError):
+        return None
+
+
+def _split_bytes(raw: bytes, me: int, workers: int) -> tuple[dict[int, tuple[bytes, int]], dict[tuple[int, int], list[int]]]:
+    parts: dict[int, list[bytes]] = {}
+    counts: dict[int, int] = {}
+    foreign: dict[tuple[int, int], list[int]] = {}
+    from_bytes = int.from_bytes
+    r = 0
+    for field, tag_start, start, end in _walk(raw, 0, len(raw)):
+        if field != _RESOURCE_SPANS_TAG:
+            raise _Unreadable()
+        header: list[bytes] = []
+        scopes: dict[int, list[bytes]] = {}
+        s = 0
+        for field2, tag_start2, start2, end2 in _walk(raw, start, end):
+            if field2 != _CHILD_TAG:
+                header.append(raw[tag_start2:end2])
+                continue
+            scope_header: list[bytes] = []
+            spans: dict[int, list[bytes]] = {}
+            k = 0
+            for field3, tag_start3, start3, end3 in _walk(raw, start2, end2):
+                if field3 != _CHILD_TAG:
+                    scope_header.append(raw[tag_start3:end3])
+                    continue
+                if raw[start3:start3 + 2] == _TRACE_ID_PREFIX:
+                    owner = from_bytes(raw[start3 + 10:start3 + 18], "big") % workers
+                else:
+                    owner = owner_of(_trace_id(raw, start3, end3), workers)
+                spans.setdefault(owner, []).append(raw[tag_start3:end3])
+                if owner != me:
+                    foreign.setdefault((r, s), []).append(k)
+                k += 1
+            if not spans:
+                spans[me] = []  # a scope without spans stays where it arrived
+            for owner, encoded in spans.items():
+                counts[owner] = counts.get(owner, 0) + len(encoded)
+                scopes.setdefault(owner, []).append(_framed(_CHILD_TAG, scope_header + encoded))
+            s += 1
+        if not scopes:
+            scopes[me] = []
+        for owner, encoded in scopes.items():
+            parts.setdefault(owner, []).append(_framed(_RESOURCE_SPANS_TAG, header + encoded))
+        r += 1
+    return {owner: (b"".join(p), counts.get(owner, 0)) for owner, p in parts.items()}, foreign
+
+
+def _framed(tag: int, pieces: list[bytes]) -> bytes:
+    body = b"".join(pieces)
+    return bytes((tag,)) + encode_varint(len(body)) + body
+
+
+def _walk(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(tag, tag start, value start, end) of each field in buf[pos:end]; tags of one byte only
+    (fields 1-15: all that ResourceSpans, ScopeSpans and the request have), unknown ones included."""
+    while pos < end:
+        tag_start = pos
+        tag = buf[pos]
+        if tag >= 0x80:
+            raise _Unreadable()
+        pos += 1
+        wire_type = tag & 7
+        if wire_type == 2:
+            length, pos = _varint(buf, pos)
+            value_start, pos = pos, pos + length
+        elif wire_type == 0:
+            value_start = pos
+            _, pos = _varint(buf, pos)
+        elif wire_type == 1:
+            value_start, pos = pos, pos + 8
+        elif wire_type == 5:
+            value_start, pos = pos, pos + 4
+        else:
+            raise _Unreadable()
+        if pos > end:
+            raise _Unreadable()
+        yield tag, tag_start, value_start, pos
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _trace_id(raw: bytes, start: int, end: int) -> bytes:
+    """A span's trace id where it is not the span's first field (the last one wins, as when parsing)."""
+    trace_id = b""
+    for tag, _, value_start, value_end in _walk(raw, start, end):
+        if tag == _RESOURCE_SPANS_TAG:  # field 1, length-delimited: Span.trace_id
+            trace_id = raw[value_start:value_end]
+    return trace_id
+
+
+def _keep_only(request: Any, foreign: dict[tuple[int, int], list[int]]) -> None:
+    """Remove from the parsed request the spans others own, and the scopes and resources left
+    without spans by that (as `split_traces` leaves them out of this worker's share)."""
+    resources = request.resource_spans
+    emptied: dict[int, list[int]] = {}
+    for (r, s), indexes in foreign.items():
+        spans = resources[r].scope_spans[s].spans
+        for k in reversed(indexes):
+            del spans[k]
+        if not spans:
+            emptied.setdefault(r, []).append(s)
+    for r in sorted(emptied, reverse=True):
+        scopes = resources[r].scope_spans
+        for s in reversed(emptied[r]):
+            del scopes[s]
+        if not scopes:
+            del resources[r]
 
 
 def _split(batch: Batch, workers: int) -> dict[int, Batch]:

@@ -1,0 +1,87 @@
+"""Trace affinity's byte split: each worker's share of a request, cut from the received bytes.
+
+Requests are real OTLP encodings (the protobuf runtime's) of random shapes: several resources
+and scopes, scopes and resources without spans, schema urls, and spans whose trace id is not the
+first field (hand-framed). Every property is checked against the parsed request, not against
+figures written here.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from gateway.otlp.wire import encode_varint
+from gateway.service.affinity import _keep_only, owner_of, split_traces
+
+_span = st.builds(lambda tid, sid, name: Span(trace_id=tid, span_id=sid, name=name),
+                  st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8), st.text(max_size=8))
+_request = st.lists(st.tuples(st.text(max_size=6), st.lists(st.tuples(st.text(max_size=6), st.lists(_span, max_size=6)),
+                                                              max_size=3)), max_size=3)
+
+
+def _build(shape: list) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    for service, scopes in shape:
+        rs = request.resource_spans.add(schema_url=f"res/{service}")
+        rs.resource.attributes.add(key="service.name").value.string_value = service
+        for scope_name, spans in scopes:
+            ss = rs.scope_spans.add(schema_url=f"scope/{scope_name}")
+            ss.scope.name = scope_name
+            ss.spans.extend(spans)
+    return request
+
+
+def _spans(request: ExportTraceServiceRequest) -> list[bytes]:
+    return [s.SerializeToString() for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+@settings(max_examples=60, deadline=None)
+@given(_request, st.integers(2, 4), st.data())
+def test_every_span_goes_to_its_owner_once_and_the_own_share_is_the_trimmed_request(shape, workers, data) -> None:
+    request = _build(shape)
+    raw = request.SerializeToString()
+    me = data.draw(st.integers(0, workers - 1))
+    split = split_traces(raw, me, workers)
+    assert split is not None
+    shares, foreign = split
+    seen: list[bytes] = []
+    for owner, (body, count) in shares.items():
+        part = ExportTraceServiceRequest.FromString(body)
+        spans = _spans(part)
+        assert count == len(spans)
+        seen += spans
+        for rs in part.resource_spans:  # every resource and scope header came along
+            assert rs.schema_url.startswith("res/") and rs.resource.attributes[0].key == "service.name"
+            for ss in rs.scope_spans:
+                assert ss.schema_url == f"scope/{ss.scope.name}"
+                assert all(owner_of(s.trace_id, workers) == owner for s in ss.spans)
+                assert ss.spans or owner == me  # a share carries no empty scope it did not get as one
+    assert sorted(seen) == sorted(_spans(request))
+    # The worker's own share: the parsed request less the others' spans, as the pipeline will see it.
+    _keep_only(request, foreign)
+    if me in shares:
+        assert ExportTraceServiceRequest.FromString(shares[me][0]) == request
+    else:
+        assert not request.resource_spans
+
+
+def test_a_trace_id_that_is_not_the_first_field_still_finds_its_owner() -> None:
+    trace_id = bytes(8) + (7).to_bytes(8, "big")  # owner 7 % 2 = 1, 7 % 3 = 1
+    span = Span(span_id=b"\x01" * 8, name="late id").SerializeToString() + b"\x0a\x10" + trace_id
+    scope = b"\x12" + encode_varint(len(span)) + span
+    resource = b"\x12" + encode_varint(len(scope)) + scope
+    raw = b"\x0a" + encode_varint(len(resource)) + resource
+    assert ExportTraceServiceRequest.FromString(raw).resource_spans[0].scope_spans[0].spans[0].trace_id == trace_id
+    for workers in (2, 3):
+        shares, foreign = split_traces(raw, 0, workers)
+        assert list(shares) == [owner_of(trace_id, workers)] == [1]
+        assert foreign == {(0, 0): [0]}
+
+
+def test_framing_it_does_not_read_is_left_to_the_parsed_path() -> None:
+    raw = _build([("svc", [("scope", [Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)])])]).SerializeToString()
+    assert split_traces(raw + b"\x0b", 0, 2) is None  # a group start at the top level
+    assert split_traces(raw[:-3], 0, 2) is None  # truncated
