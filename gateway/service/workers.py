@@ -47,7 +47,6 @@ from typing import Any
 import orjson
 from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
@@ -230,7 +229,7 @@ class _Worker:
         self.started_at = 0.0
         self.next_start = 0.0
         self.backoff = _RESTART_BACKOFF[0]
-        self.last_counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.last_counters: dict[tuple[str, str], float] = {}  # (family, sample text) -> value
         self.session: ClientSession | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -267,7 +266,7 @@ class Supervisor:
         self._endpoints: dict[str, str] = {}
         self._dir = tempfile.mkdtemp(prefix="otelgate-workers-")
         self.workers = [_Worker(i, os.path.join(self._dir, f"worker-{i}.sock")) for i in range(self.count)]
-        self._retired: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}  # counters of dead workers
+        self._retired: dict[tuple[str, str], float] = {}  # counters of dead workers, as last_counters
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.admin = _SupervisorAdmin(self)
@@ -451,50 +450,61 @@ class Supervisor:
 
     # -- admin: one endpoint over every worker -------------------------------------------------
 
-    async def scrape(self) -> list[tuple[_Worker, bytes | None, dict[str, Any] | None]]:
-        """Each running worker's /metrics text and /health body (None where it did not answer)."""
-        async def one(w: _Worker) -> tuple[_Worker, bytes | None, dict[str, Any] | None]:
+    async def scrape(self, path: str) -> list[tuple[_Worker, bytes | None]]:
+        """Each running worker's answer on `path` (None where it did not answer)."""
+        async def one(w: _Worker) -> tuple[_Worker, bytes | None]:
             if w.status not in ("running", "draining"):
-                return w, None, None
+                return w, None
             try:
-                (_, text), (_, health) = await asyncio.gather(w.get("/metrics"), w.get("/health"))
-                return w, text, orjson.loads(health)
-            except (OSError, asyncio.TimeoutError, orjson.JSONDecodeError):
-                return w, None, None
+                return w, (await w.get(path))[1]
+            except (OSError, asyncio.TimeoutError):
+                return w, None
         return list(await asyncio.gather(*(one(w) for w in self.workers)))
 
     def merged_metrics(self, texts: Iterable[tuple[_Worker, bytes | None]]) -> bytes:
-        families: dict[str, tuple[str, str]] = {}  # family -> (type, help), in first-seen order
-        samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-        retired_by_family: dict[str, str] = {}
+        """Every worker's /metrics summed sample by sample, with the counters of dead workers.
+
+        Read line by line rather than with prometheus-client's parser: the workers all write the
+        same exposition (one code, the same label order), so a sample's `name{labels}` text is
+        its key, and a scrape costs about a tenth of a full parse (it ran 5 times a second in
+        the benchmarks and took 15% of a core)."""
+        headers: dict[str, list[str]] = {}  # family -> its HELP and TYPE lines, in first-seen order
+        kinds: dict[str, str] = {}
+        samples: dict[str, dict[str, float]] = {}
         for w, text in texts:
             if text is None:
                 continue
-            counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-            for family in text_string_to_metric_families(text.decode()):
-                families.setdefault(family.name, (family.type, family.documentation))
-                rows = samples.setdefault(family.name, {})
-                for s in family.samples:
-                    key = (s.name, tuple(sorted(s.labels.items())))
-                    rows[key] = rows.get(key, 0.0) + s.value
-                    if family.type in ("counter", "histogram"):
-                        counters[key] = s.value
-                        retired_by_family[s.name] = family.name
+            counters: dict[tuple[str, str], float] = {}
+            family, rows, counted = "", samples.setdefault("", {}), False
+            for line in text.decode().splitlines():
+                if line.startswith("#"):
+                    parts = line.split(" ", 3)
+                    if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                        family = parts[2]
+                        rows = samples.setdefault(family, {})
+                        lines = headers.setdefault(family, [])
+                        if len(lines) < 2 and line not in lines:
+                            lines.append(line)
+                        if parts[1] == "TYPE" and len(parts) == 4:
+                            kinds[family] = parts[3]
+                        counted = kinds.get(family) in ("counter", "histogram")
+                    continue
+                key, _, value = line.rpartition(" ")
+                if not key:
+                    continue
+                number = float(value)
+                rows[key] = rows.get(key, 0.0) + number
+                if counted:
+                    counters[(family, key)] = number
             w.last_counters = counters
-        for key, value in self._retired.items():
-            family_name = retired_by_family.get(key[0])
-            if family_name is not None:
-                rows = samples[family_name]
+        for (family, key), value in self._retired.items():
+            rows = samples.get(family)
+            if rows is not None and family in headers:
                 rows[key] = rows.get(key, 0.0) + value
         out: list[str] = []
-        for name, (kind, doc) in families.items():
-            exposed = f"{name}_total" if kind == "counter" else name
-            out.append(f"# HELP {exposed} {_escape_help(doc)}")
-            out.append(f"# TYPE {exposed} {kind}")
-            for (sample, labels), value in samples[name].items():
-                label_text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-                out.append(f"{sample}{{{label_text}}} {floatToGoString(value)}" if labels else
-                           f"{sample} {floatToGoString(value)}")
+        for family, lines in headers.items():
+            out.extend(lines)
+            out.extend(f"{key} {floatToGoString(value)}" for key, value in samples[family].items())
         out.append("# HELP otelgate_workers Worker processes by state")
         out.append("# TYPE otelgate_workers gauge")
         states: dict[str, int] = {}
@@ -547,13 +557,13 @@ class _SupervisorAdmin(AdminServer):
         self.started = time.monotonic()
 
     async def _health(self, request: web.Request) -> web.Response:
-        scraped = await self._supervisor.scrape()
-        code, body = self._supervisor.merged_health((w, h) for w, _, h in scraped)
+        scraped = await self._supervisor.scrape("/health")
+        code, body = self._supervisor.merged_health((w, _json(h)) for w, h in scraped)
         return web.Response(status=code, body=orjson.dumps(body), content_type="application/json")
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
-        scraped = await self._supervisor.scrape()
-        return web.Response(body=self._supervisor.merged_metrics((w, t) for w, t, _ in scraped),
+        scraped = await self._supervisor.scrape("/metrics")
+        return web.Response(body=self._supervisor.merged_metrics(scraped),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -561,12 +571,11 @@ def _sink_rank(status: str) -> int:
     return _SINK_STATUS_ORDER.index(status) if status in _SINK_STATUS_ORDER else len(_SINK_STATUS_ORDER)
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
+def _json(body: bytes | None) -> dict[str, Any] | None:
+    try:
+        return orjson.loads(body) if body is not None else None
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _exit_reason(code: int | None) -> str:
