@@ -635,13 +635,14 @@ def spans_in_file(path: Path) -> tuple[int, int]:
 # -- optional profile of the gateway ----------------------------------------------------------
 
 
-def start_profile(pid: int, path: str, seconds: float) -> Any:
-    """py-spy (pip install py-spy) sampling the gateway's threads, non-blocking, in raw (collapsed) format."""
+def start_profile(pid: int, path: str, seconds: float, workers: int = 1) -> Any:
+    """py-spy (pip install py-spy) sampling the gateway's threads, non-blocking, in raw (collapsed) format;
+    with workers, the supervisor's children too (their samples summed with its own)."""
     import subprocess
 
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     cmd = [exe, "record", "--format", "raw", "--threads", "--nonblocking", "-r", "100",
-           "-d", str(max(1, int(seconds))), "-o", path, "-p", str(pid)]
+           "-d", str(max(1, int(seconds))), "-o", path, "-p", str(pid)] + (["--subprocesses"] if workers > 1 else [])
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -830,7 +831,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"{protocol} client failed before the load started: {payload}")
         # The warm-up requests' traces wait in the buffer with tail sampling: count them, do not wait.
         before = scrape(gw.admin) if args.tail else wait_written(gw.admin, 10)
-        profiler = start_profile(pid, args.profile, args.duration) if args.profile else None
+        profiler = start_profile(pid, args.profile, args.duration, args.workers) if args.profile else None
         poller = BufferPoller(gw.admin).start()  # in every run, so that its scrapes cost the same
         cpu0 = gateway_cpu(pid)
         window0 = time.perf_counter()
