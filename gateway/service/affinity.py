@@ -261,7 +261,8 @@ def _split_bytes(raw: bytes, me: int, workers: int) -> tuple[dict[int, tuple[byt
 
 def _framed(tag: int, pieces: list[bytes]) -> bytes:
     body = b"".join(pieces)
-    return bytes((tag,)) + encode_varint(len(body)) + body
+    size = len(body)
+    return bytes((tag, size)) + body if size < 0x80 else bytes((tag,)) + encode_varint(size) + body
 
 
 def _walk(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
