@@ -208,3 +208,60 @@ def test_workers_auto_is_one_per_core() -> None:
     assert config.service.worker_count() == len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError):
         parse(yaml.safe_dump({"sinks": {"out": {"type": "file"}}, "service": {"workers": 0}}))
+
+
+def test_merged_metrics_are_the_sums_and_a_dead_workers_counters_stay_in_them() -> None:
+    """The supervisor's line-by-line merge, on prometheus-client's own exposition of two workers'
+    registries (counters with labels, a histogram, a gauge, a label value with a space and a quote)."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway.service.workers import Supervisor
+
+    def exposition(sent: dict[str, float], seconds: list[float], depth: float) -> bytes:
+        registry = CollectorRegistry()
+        counter = Counter("otelgate_t_sent_spans", "Spans sent", ["sink"], registry=registry)
+        for sink, n in sent.items():
+            counter.labels(sink).inc(n)
+        histogram = Histogram("otelgate_t_seconds", "How long", registry=registry)
+        for s in seconds:
+            histogram.observe(s)
+        Gauge("otelgate_t_depth", "Queue depth", registry=registry).set(depth)
+        return generate_latest(registry)
+
+    def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text.decode()) for s in f.samples}
+
+    async def scenario() -> None:
+        supervisor = Supervisor(parse(yaml.safe_dump({"service": {"workers": 2},
+                                                      "sinks": {"out": {"type": "file", "path": "/dev/null"}}})),
+                                "unused.yaml", "json")
+        try:
+            w0, w1 = supervisor.workers
+            text0 = exposition({"out": 3, 'a "b" c': 1}, [0.01, 2.0], 4)
+            text1 = exposition({"out": 5}, [0.2], 6)
+            merged = samples(supervisor.merged_metrics([(w0, text0), (w1, text1)]))
+            for key, value in samples(text0).items():
+                assert merged[key] == value + samples(text1).get(key, 0.0), key
+            assert merged[("otelgate_t_depth", ())] == 10
+            assert merged[("otelgate_t_seconds_count", ())] == 3
+            # Worker 1 dies (a real process that exited) and comes back with fresh counters.
+            w1.proc = subprocess.Popen([sys.executable, "-c", "pass"])
+            w1.proc.wait()
+            w1.status = "running"
+            supervisor._supervise()
+            assert w1.status == "restarting"
+            text1_again = exposition({"out": 2}, [], 1)
+            merged = samples(supervisor.merged_metrics([(w0, text0), (w1, text1_again)]))
+            assert merged[("otelgate_t_sent_spans_total", (("sink", "out"),))] == 3 + 5 + 2
+            assert merged[("otelgate_t_seconds_count", ())] == 3  # 2 + the dead worker's 1
+            assert merged[("otelgate_t_depth", ())] == 4 + 1  # a gauge is not carried over
+        finally:
+            supervisor._cleanup()
+
+    asyncio.run(scenario())
