@@ -182,7 +182,10 @@ def build_pool(count: int, spans_per_request: int, seed: int, llm_share: float =
     def fresh(kind: str, old: bytes, size: int) -> bytes:
         new = ids.get((kind, old))
         if new is None:
-            new = ids[(kind, old)] = rng.randbytes(size - 1) + b"\x01"  # never all zero
+            # Never all zero; random low bytes, as an SDK's: they pick a trace's worker (affinity)
+            # and its sampling randomness, so a constant last byte would give every trace of a
+            # request (the clients XOR one key into all of them) the same worker.
+            new = ids[(kind, old)] = b"\x01" + rng.randbytes(size - 1)
         return new
 
     pos = 0
