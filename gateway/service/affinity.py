@@ -107,6 +107,8 @@ class AffinityPipeline:
         if not foreign:
             return await self._pipeline.consume(batch)
         own = shares.pop(self.worker, None)
+        if own is not None and not own[1]:  # only resources or scopes without spans stayed here: nothing to do
+            own = None
         if own is None and len(shares) == 1:  # one other owner for all of it: the bytes as they are
             shares = {owner: (raw, count) for owner, (_, count) in shares.items()}
         jobs = [self._forward(owner, body, count, batch.context) for owner, (body, count) in shares.items()]
