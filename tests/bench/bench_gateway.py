@@ -570,8 +570,8 @@ def scrape(admin: str) -> dict[str, Any]:
     return out
 
 
-def wait_written(admin: str, timeout: float, tail: bool = False) -> dict[str, Any]:
-    """Poll /metrics until the sink has written (or dropped) everything accepted.
+def wait_written(admin: str, timeout: float, tail: bool = False, interval: float = 0.05) -> dict[str, Any]:
+    """Poll /metrics (every `interval` s) until the sink has written (or dropped) everything accepted.
 
     With tail sampling: until the trace buffer is empty and the sink has written (or dropped)
     every span the buffer kept.
@@ -585,7 +585,7 @@ def wait_written(admin: str, timeout: float, tail: bool = False) -> dict[str, An
             done = m["sent"] + m["dropped"] >= m["accepted"]
         if done or time.monotonic() > deadline:
             return m
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 class BufferPoller:
@@ -835,7 +835,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The warm-up requests' traces wait in the buffer with tail sampling: count them, do not wait.
         before = scrape(gw.admin) if args.tail else wait_written(gw.admin, 10)
         profiler = start_profile(pid, args.profile, args.duration, args.workers) if args.profile else None
-        poller = BufferPoller(gw.admin).start()  # in every run, so that its scrapes cost the same
+        # In every run, so that its scrapes cost the same (but each worker renders /metrics for
+        # every scrape: bench_workers polls less often, as a Prometheus would, so that the
+        # figures are the spans' cost and not the scrapes').
+        poller = BufferPoller(gw.admin, args.poll_interval).start()
         cpu0 = gateway_cpu(pid)
         window0 = time.perf_counter()
         start.set()
@@ -847,7 +850,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 errors.append(f"{protocol}: {payload}")
         cpu_load = gateway_cpu(pid)
         load_wall = time.perf_counter() - window0
-        after = wait_written(gw.admin, 60 + (args.tail or 0), tail=bool(args.tail))
+        after = wait_written(gw.admin, 60 + (args.tail or 0), tail=bool(args.tail),
+                             interval=0.05 if args.poll_interval <= 0.2 else args.poll_interval / 2)
         cpu1 = gateway_cpu(pid)
         drain_wall = time.perf_counter() - window0 - load_wall
         poller.stop()
@@ -1098,6 +1102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--discard", action="store_true",
                         help="file sink path /dev/null: everything but the page-cache write (delivery checked by metric)")
     parser.add_argument("--workers", type=int, default=1, help="service.workers (the gateway's CPU counts every worker's)")
+    parser.add_argument("--poll-interval", type=float, default=0.2,
+                        help="s between scrapes of /metrics during the load (the trace buffer's gauges); while "
+                        "waiting for the sink after it, half that (0.05 s with the default)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random trace/span ids")
     parser.add_argument("--workdir",
                         help="keep the gateway's config, log and output here (otherwise a temp dir, removed at the end)")

@@ -66,6 +66,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--scenarios", default="plain,llm,tail")
+    parser.add_argument("--poll-interval", type=float, default=1.0,
+                        help="bench_gateway's scrapes of /metrics: every worker renders its metrics for each, "
+                        "a cost a Prometheus scraping every 15 s does not make")
     parser.add_argument("--before", metavar="DIR", help="a checkout of an earlier commit: its gateway also runs "
                         "with 2 workers in every round (the code under test for before/after, side by side)")
     args = parser.parse_args()
@@ -78,7 +81,7 @@ def main() -> int:
             for label, workers, code in setups:
                 argv = ["--protocol", "http", "--clients", str(args.clients), "--concurrency", str(args.concurrency),
                         "--duration", str(args.duration), "--discard", "--ceiling-seconds", "0.5",
-                        "--workers", str(workers), *SCENARIOS[scenario]]
+                        "--workers", str(workers), "--poll-interval", str(args.poll_interval), *SCENARIOS[scenario]]
                 r = _run(argv, code)
                 ok = ok and r["delivered"]["ok"] and not r.get("client_errors")
                 runs[label].append(r)
