@@ -212,7 +212,7 @@ def test_workers_auto_is_one_per_core() -> None:
 
 def test_merged_metrics_are_the_sums_and_a_dead_workers_counters_stay_in_them() -> None:
     """The supervisor's line-by-line merge, on prometheus-client's own exposition of two workers'
-    registries (counters with labels, a histogram, a gauge, a label value with a space and a quote)."""
+    registries (counters with labels, a histogram, gauges, a label value with a space and a quote)."""
     import asyncio
     import subprocess
     import sys
@@ -231,6 +231,7 @@ def test_merged_metrics_are_the_sums_and_a_dead_workers_counters_stay_in_them() 
         for s in seconds:
             histogram.observe(s)
         Gauge("otelgate_t_depth", "Queue depth", registry=registry).set(depth)
+        Gauge("otelgate_budget_spend_usd", "Read from the store all workers share", registry=registry).set(7.5)
         return generate_latest(registry)
 
     def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -247,9 +248,11 @@ def test_merged_metrics_are_the_sums_and_a_dead_workers_counters_stay_in_them() 
             text1 = exposition({"out": 5}, [0.2], 6)
             merged = samples(supervisor.merged_metrics([(w0, text0), (w1, text1)]))
             for key, value in samples(text0).items():
-                assert merged[key] == value + samples(text1).get(key, 0.0), key
+                if key[0] != "otelgate_budget_spend_usd":
+                    assert merged[key] == value + samples(text1).get(key, 0.0), key
             assert merged[("otelgate_t_depth", ())] == 10
             assert merged[("otelgate_t_seconds_count", ())] == 3
+            assert merged[("otelgate_budget_spend_usd", ())] == 7.5  # one store: its value, not the sum
             # Worker 1 dies (a real process that exited) and comes back with fresh counters.
             w1.proc = subprocess.Popen([sys.executable, "-c", "pass"])
             w1.proc.wait()
@@ -265,3 +268,46 @@ def test_merged_metrics_are_the_sums_and_a_dead_workers_counters_stay_in_them() 
             supervisor._cleanup()
 
     asyncio.run(scenario())
+
+
+def test_usage_api_page_budgets_and_admin_token_with_workers(tmp_path: Path) -> None:
+    """With workers and `admin.token`, the one admin endpoint still reads every worker (their private
+    sockets need no token), serves the usage API and page from the shared store, and reports a budget
+    gauge once (every worker reads the same store: a sum would double it)."""
+    from tests.test_usage import usage_config
+    from tests.usage_traffic import Turn, send
+
+    config = usage_config(tmp_path)
+    config["service"]["workers"] = 2
+    config["admin"]["token"] = "s3cret"
+    config["alerts"] = {"interval": "200ms"}
+    config["budgets"] = [{"name": "daily", "limit_usd": 1000}]
+    gw = GatewayProcess(config, tmp_path).wait_ready(60)
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        for k in range(8):  # an exporter (a connection) each: the kernel spreads them over the workers
+            send(gw.http, [Turn("bot", f"user{k}", f"s{k}")])
+
+        def usage() -> dict[str, Any]:
+            r = requests.get(f"{gw.admin}/api/v1/usage", params={"group_by": "user"}, headers=auth, timeout=10)
+            assert r.status_code == 200, r.text
+            return r.json()  # type: ignore[no-any-return]
+
+        body = wait_for(lambda: (u := usage())["totals"]["calls"] == 8 and u, timeout=20)
+        assert body["totals"]["active_users"] == 8 and len(body["groups"]) == 8
+        assert requests.get(f"{gw.admin}/api/v1/usage", timeout=5).status_code == 401
+        text = requests.get(f"{gw.admin}/metrics", headers=auth, timeout=5).text
+        assert metric_in(text, "otelgate_llm_requests_total") == 8  # summed over both workers
+        assert metric_in(text, "otelgate_workers", status="running") == 2
+        assert metric_in(text, "otelgate_budget_limit_usd", budget="daily") == 1000  # once, not once per worker
+        cost = body["totals"]["cost_usd"]
+        budgets = wait_for(lambda: (b := requests.get(f"{gw.admin}/api/v1/budgets", headers=auth, timeout=5).json())
+                           and b[0]["spend_usd"] == pytest.approx(cost) and b, timeout=10)  # each worker reads the store
+        assert budgets[0]["name"] == "daily" and cost > 0
+        page = requests.get(f"{gw.admin}/usage", headers=auth, timeout=5)
+        assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+        assert requests.get(f"{gw.admin}/api/v1/openapi.json", headers=auth, timeout=5).json()["openapi"]
+        health = requests.get(f"{gw.admin}/health", timeout=5).json()
+        assert health["status"] == "ok" and "usage" in health and "alerts" in health
+    finally:
+        gw.stop()

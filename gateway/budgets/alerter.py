@@ -44,6 +44,9 @@ EXCEEDED = "otelgate.budget.exceeded"
 # A firing rule alert tells Alertmanager it lasts this long (it is resolved explicitly when it
 # clears; the bound only matters if no gateway is left to say so).
 _RULE_ENDS_S = 86400.0
+# Gauges read from the store: replicas and workers report the same figure (the workers'
+# supervisor reports it once instead of summing).
+STORE_GAUGES = frozenset(("otelgate_budget_spend_usd", "otelgate_budget_limit_usd", "otelgate_budget_utilization_ratio"))
 
 
 def period_bounds(budget: BudgetConfig, now: float) -> tuple[int, int]:

@@ -50,7 +50,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
+from gateway import ui
 from gateway.admin import AdminServer
+from gateway.budgets.alerter import STORE_GAUGES
 from gateway.config import Config, ConfigError
 from gateway.configtypes import split_endpoint
 from gateway.logs import get_logger
@@ -64,6 +66,9 @@ _READY_TIMEOUT = 60.0
 _RESTART_BACKOFF = (0.5, 30.0)  # first delay, maximum; doubled while a worker keeps dying early
 _STABLE_AFTER = 30.0  # a worker that ran this long resets its backoff
 _SCRAPE_TIMEOUT = 5.0
+# The usage API (read from the store every worker shares): forwarded to a running worker.
+_FORWARDED_PATHS = ("/api/v1/usage", "/api/v1/budgets", "/api/v1/openapi.json")
+_HEALTH_KEYS = frozenset(("status", "version", "uptime_s", "sinks", "config", "workers"))  # the rest: sections
 _SINK_STATUS_ORDER = ("ok", "retrying", "degraded", "failing")
 
 
@@ -82,7 +87,9 @@ def worker_config(config: Config, worker: int, endpoints: dict[str, str]) -> Con
     sinks = {name: _sink_for_worker(sc, worker) for name, sc in config.sinks.items()}
     return config.model_copy(update={
         "receivers": receivers.model_copy(update=update_receivers),
-        "admin": config.admin.model_copy(update={"endpoint": endpoints["admin"]}),
+        # The worker's admin socket sits in the supervisor's private (0700) directory and is read
+        # only by it: no token there, so the supervisor's scrapes and forwarded API calls get in.
+        "admin": config.admin.model_copy(update={"endpoint": endpoints["admin"], "token": None}),
         "sinks": sinks,
     })
 
@@ -237,11 +244,16 @@ class _Worker:
                 "restarts": self.restarts}
 
     async def get(self, path: str) -> tuple[int, bytes]:
+        status, body, _ = await self.fetch(path)
+        return status, body
+
+    async def fetch(self, path: str) -> tuple[int, bytes, str]:
+        """GET `path` (with its query) from the worker's admin socket: status, body, content type."""
         if self.session is None:
             self.session = ClientSession(connector=UnixConnector(path=self.admin_socket),
                                          timeout=ClientTimeout(total=_SCRAPE_TIMEOUT))
         async with self.session.get(f"http://worker{path}") as response:
-            return response.status, await response.read()
+            return response.status, await response.read(), response.content_type
 
     async def close_session(self) -> None:
         if self.session is not None:
@@ -475,7 +487,7 @@ class Supervisor:
             if text is None:
                 continue
             counters: dict[tuple[str, str], float] = {}
-            family, rows, counted = "", samples.setdefault("", {}), False
+            family, rows, counted, shared = "", samples.setdefault("", {}), False, False
             for line in text.decode().splitlines():
                 if line.startswith("#"):
                     parts = line.split(" ", 3)
@@ -488,12 +500,13 @@ class Supervisor:
                         if parts[1] == "TYPE" and len(parts) == 4:
                             kinds[family] = parts[3]
                         counted = kinds.get(family) in ("counter", "histogram")
+                        shared = family in STORE_GAUGES  # every worker reads the same store: one value, not a sum
                     continue
                 key, _, value = line.rpartition(" ")
                 if not key:
                     continue
                 number = float(value)
-                rows[key] = rows.get(key, 0.0) + number
+                rows[key] = max(rows.get(key, number), number) if shared else rows.get(key, 0.0) + number
                 if counted:
                     counters[(family, key)] = number
             w.last_counters = counters
@@ -520,11 +533,16 @@ class Supervisor:
 
     def merged_health(self, bodies: Iterable[tuple[_Worker, dict[str, Any] | None]]) -> tuple[int, dict[str, object]]:
         sinks: dict[str, dict[str, Any]] = {}
+        sections: dict[str, dict[str, Any]] = {}  # usage, alerts: the first failing worker's, else the first's
         config_status = None
         for w, body in bodies:
             if body is None:
                 continue
             config_status = config_status or body.get("config")
+            for name, section in body.items():
+                if name not in _HEALTH_KEYS and isinstance(section, dict) and (
+                        name not in sections or sections[name].get("status") not in ("failing", "full")):
+                    sections[name] = section
             for key, sink in (body.get("sinks") or {}).items():
                 merged = sinks.setdefault(key, {"status": "ok", "queue_depth": 0, "queue_capacity": 0, "last_error": None})
                 merged["status"] = max(merged["status"], sink.get("status", "ok"), key=_sink_rank)
@@ -536,7 +554,8 @@ class Supervisor:
         running = sum(w.status == "running" for w in self.workers)
         if self.admin.state != "running" or running == 0:
             status, code = "unavailable", 503
-        elif running < len(self.workers) or any(s["status"] == "failing" for s in sinks.values()):
+        elif running < len(self.workers) or any(s["status"] == "failing" for s in sinks.values()) or \
+                any(s.get("status") in ("failing", "full") for s in sections.values()):
             status, code = "degraded", 200
         else:
             status, code = "ok", 200
@@ -545,16 +564,35 @@ class Supervisor:
                                    "workers": [w.as_dict() for w in self.workers], "sinks": sinks}
         if config_status is not None:
             body["config"] = config_status
+        body.update(sections)
         return code, body
 
 
 class _SupervisorAdmin(AdminServer):
-    """The public admin endpoint (and its token) answering for every worker."""
+    """The public admin endpoint (and its token) answering for every worker.
+
+    The usage API reads the store the workers share (one SQLite file, or PostgreSQL), so any
+    running worker answers it for all: the supervisor forwards it there. The usage page is static
+    and served here."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         super().__init__(supervisor.config.admin, None, lambda: {})  # type: ignore[arg-type]
         self._supervisor = supervisor
         self.started = time.monotonic()
+        admin = self
+        self.routes.extend(ui.routes(lambda: admin.config.token.get_secret_value() if admin.config.token else None))
+        self.routes.extend(("GET", path, self._forward) for path in _FORWARDED_PATHS)
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        for w in self._supervisor.workers:
+            if w.status == "running":
+                try:
+                    status, body, content_type = await w.fetch(request.path_qs)
+                except (OSError, asyncio.TimeoutError):
+                    continue  # the next worker reads the same store
+                return web.Response(status=status, body=body, content_type=content_type)
+        return web.Response(status=503, body=orjson.dumps({"error": "no worker is running; retry later"}),
+                            content_type="application/json")
 
     async def _health(self, request: web.Request) -> web.Response:
         scraped = await self._supervisor.scrape("/health")
