@@ -99,6 +99,15 @@ class Intake:
         """Count a request admission control refused (before its body was read or decoded)."""
         self._metrics.receiver_requests.labels(protocol, "overloaded").inc()
 
+    def backpressure(self, protocol: str, signal: Signal) -> Refused | None:
+        """The pipeline's refusal of any request of `signal` now (every queue it can reach is full),
+        counted; receivers ask before reading the body, so a refusal costs no decode. Its spans
+        are not in `otelgate_receiver_refused_spans_total` (never decoded, so never counted)."""
+        refusal = self._pipeline.refusal_before_decode(signal)
+        if refusal is not None:
+            self._metrics.receiver_requests.labels(protocol, "refused").inc()
+        return refusal
+
     def configure(self, config: Config) -> None:
         """Take the key set and the limits from `config` (at start, and on each reload)."""
         self.auth = Authenticator(config.auth) if config.auth is not None else None

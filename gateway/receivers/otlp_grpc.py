@@ -102,6 +102,10 @@ class OtlpGrpcReceiver:
                 request_context = self._intake.identify(PROTOCOL, metadata.get)
             except Unauthenticated as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            if (refusal := self._intake.backpressure(PROTOCOL, signal)) is not None:
+                code = grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, str(refusal), trailing_metadata=(
+                    ("grpc-status-details-bin", _status_details(code, str(refusal), refusal.retry_after)),))
             size = len(body)
             if not self.admission.enter(size):
                 self._intake.overloaded(PROTOCOL)
