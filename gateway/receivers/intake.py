@@ -70,6 +70,15 @@ class Admission:
         self.bytes += size
         return True
 
+    def take_bytes(self, size: int) -> bool:
+        """Add `size` bytes to a request that entered with 0 before its size was known (gRPC:
+        admitted when the RPC arrives, sized once its message is read), or False: the caller
+        refuses it and leaves with 0. A request alone in progress always fits."""
+        if self.requests > 1 and self.max_bytes and self.bytes + size > self.max_bytes:
+            return False
+        self.bytes += size
+        return True
+
     def leave(self, size: int) -> None:
         self.requests -= 1
         self.bytes -= size
