@@ -4,8 +4,9 @@
     .venv/bin/python tests/bench/bench_overload.py --protocol http --factor 3 --duration 12
     .venv/bin/python tests/bench/bench_overload.py --json
 
-For each protocol it starts the real gateway (file sink, `format: json`, to /dev/null, so the
-gateway's own work is measured, not this VM's page cache) and:
+For each protocol it starts the real gateway (file sink to /dev/null, so the gateway's own work
+is measured, not this VM's page cache; `format: json` by default, which makes the sink's encoding
+the bottleneck, `--sink-format proto` leaves the receivers' own work) and:
 1. after a 4 s closed-loop warm-up (so a sink queue that fills is full, as under overload),
    measures the maximum: closed loops of 4, 8 and 16 requests in flight, `--calibrate` s each;
    the best accepted requests/s is the maximum goodput (one closed loop of 8 was not enough to
@@ -14,11 +15,16 @@ gateway's own work is measured, not this VM's page cache) and:
    ones were answered, as independent clients do), for `--duration` s, each with a 10 s timeout;
 3. reports goodput (requests accepted *within* the `--duration` s window, per second: what the
    drain after the window answers is not counted, as it is no longer under overload) as a share
-   of the maximum, the p50/p99 latency of
-   accepted requests, how many were refused (503 / UNAVAILABLE, with their retry hint), timed
-   out or failed otherwise, and the gateway's peak RSS.
+   of the maximum; the same share per second of the gateway's CPU (accepted requests per
+   gateway CPU-second under overload / at the maximum: the wall-clock share moves with what
+   other processes take from these cores in either phase, this one much less); the p50/p99
+   latency of accepted requests (from when each was due) and the client's own lateness in
+   starting them; how many were refused (503 / UNAVAILABLE, with their retry hint), timed out or
+   failed otherwise, as the client saw them and as the gateway counted them; the gateway's peak RSS.
 
 The client is a separate process on the same (shared) cores, so figures are ratios of one run.
+To compare with another tree's gateway, run this file with `PYTHONPATH=<that tree>`: the gateway
+child process imports from there, the client and the measurement stay the same.
 """
 
 from __future__ import annotations
@@ -237,10 +243,11 @@ def _gateway_outcomes(admin: str, protocol: str) -> dict[str, int]:
     return counts
 
 
-def run_protocol(protocol: str, factor: float, calibrate: float, duration: float, extra: dict[str, Any]) -> dict[str, Any]:
+def run_protocol(protocol: str, factor: float, calibrate: float, duration: float, extra: dict[str, Any],
+                 sink_format: str = "json") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        config = gateway_config(workdir, path="/dev/null", logs_path="/dev/null", metrics_path="/dev/null", format="json")
+        config = gateway_config(workdir, path="/dev/null", logs_path="/dev/null", metrics_path="/dev/null", format=sink_format)
         for receiver in ("grpc", "http"):
             config["receivers"][receiver].update(extra)
         gw = GatewayProcess(config, workdir).wait_ready()
@@ -267,10 +274,13 @@ def main() -> int:
     parser.add_argument("--calibrate", type=float, default=3.0, help="seconds of each closed loop (4, 8, 16 in flight) that measures the maximum")
     parser.add_argument("--duration", type=float, default=14.0, help="seconds of open-loop overload")
     parser.add_argument("--max-in-flight", type=int, default=None, help="receivers' max_in_flight_requests (default: theirs)")
+    parser.add_argument("--sink-format", choices=("json", "proto"), default="json",
+                        help="the file sink's format: json makes the sink's encoding the bottleneck (overload "
+                        "fills its queue); proto leaves the receivers' own work (read, decode, validate)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     extra = {} if args.max_in_flight is None else {"max_in_flight_requests": args.max_in_flight}
-    results = [run_protocol(p, args.factor, args.calibrate, args.duration, extra)
+    results = [run_protocol(p, args.factor, args.calibrate, args.duration, extra, args.sink_format)
                for p in (("http", "grpc") if args.protocol == "both" else (args.protocol,))]
     if args.json:
         print(json.dumps(results, indent=2))
