@@ -11,6 +11,8 @@ from gateway import __version__, logs
 from gateway.config import Config, ConfigError, load
 from gateway.usage import cli as usage_cli
 
+GIL_SWITCH_INTERVAL_S = 0.001  # see `run`: the event loop must not wait 5 ms behind a sink's encoding thread
+
 
 def _summary(config: Config) -> str:
     lines = ["receivers:"]
@@ -89,6 +91,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from gateway.app import Gateway, StartError  # imported late: `check` stays fast and free of grpc
 
+    # Sinks encode in their own threads: with CPython's default 5 ms GIL switch interval, every
+    # wake-up of the event loop (each step of each request) could wait up to 5 ms for an encoding
+    # thread, and under overload accepted requests waited seconds (gRPC p50 0.35-1.7 s; 1 ms:
+    # 4-9 ms, at the same goodput per CPU second: tests/bench/RESULTS.md, "overload").
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship

@@ -201,3 +201,39 @@ def test_health_and_metrics_after_traffic(gateway: GatewayProcess) -> None:
     assert health["uptime_s"] > 0
     assert health["sinks"]["out"] == {"status": "ok", "queue_depth": 0, "queue_capacity": 100000, "last_error": None}
     assert set(health["sinks"]) == {"out", "out/logs", "out/metrics"}  # routes omitted: every signal to every sink
+
+
+def test_full_queues_refuse_before_the_body_is_read(stuck) -> None:
+    """Under backpressure a request is refused from its headers: its body is not waited for (nor
+    decoded), on HTTP as on gRPC, so refusing costs the gateway almost nothing under overload."""
+    import socket
+
+    gw, _ = stuck
+    _fill(gw)
+    refused_before = metric(gw.admin, "otelgate_receiver_requests_total", protocol="http", outcome="refused")
+    body = _request(5, "unsent")
+    host, port = gw.endpoints["OTLP/HTTP"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:100])
+        answer = s.recv(65536)  # the rest of the body is never sent
+    assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer, answer[:200]
+    assert metric(gw.admin, "otelgate_receiver_requests_total", protocol="http", outcome="refused") == refused_before + 1
+
+    release = threading.Event()
+
+    def message():
+        release.wait(10)
+        yield _request(5, "unsent")
+
+    try:
+        with grpc.insecure_channel(gw.grpc) as channel:
+            with pytest.raises(grpc.RpcError) as err:  # the RPC has arrived; its message never comes
+                channel.stream_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")(message(), timeout=5)
+    finally:
+        release.set()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    status = status_pb2.Status.FromString(dict(err.value.trailing_metadata())["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info) and info.retry_delay.seconds == 1
+    assert "queue full" in status.message

@@ -314,3 +314,57 @@ def test_admission_bounds_requests_and_bytes_and_always_takes_one() -> None:
     import asyncio
 
     asyncio.run(scenario())
+
+
+_GRPC_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def _held_rpc(channel: Any, release: Any) -> Any:
+    """An Export RPC that has arrived (headers sent) but whose message waits for `release`: the
+    wire is a unary call's, only slow to send its one message."""
+    def message() -> Any:
+        release.wait(10)
+        yield _request("held", 5)
+
+    return channel.stream_unary(_GRPC_EXPORT).future(message(), timeout=15)
+
+
+def _retry_info(err: Any) -> Any:
+    from google.rpc import error_details_pb2, status_pb2
+
+    details = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
+    info = error_details_pb2.RetryInfo()
+    assert status_pb2.Status.FromString(details).details[0].Unpack(info)
+    return info
+
+
+def test_grpc_admission_counts_an_rpc_from_its_arrival_and_refuses_with_retry_info(tmp_path: Path) -> None:
+    import threading
+
+    import grpc
+
+    config = gateway_config(tmp_path)
+    config["receivers"]["grpc"]["max_in_flight_requests"] = 1
+    gw = GatewayProcess(config, tmp_path).wait_ready()
+    release = threading.Event()
+    try:
+        with grpc.insecure_channel(gw.grpc) as channel:
+            held = _held_rpc(channel, release)
+            time.sleep(0.3)
+            started = time.monotonic()
+            try:
+                channel.unary_unary(_GRPC_EXPORT)(_request("x", 5), timeout=5)
+                raise AssertionError("not refused while an RPC was in progress")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                assert _retry_info(err).retry_delay.seconds == 1
+            assert time.monotonic() - started < 1.0
+            assert metric(gw.admin, "otelgate_receiver_requests_total", protocol="grpc", outcome="overloaded") == 1
+            release.set()
+            held.result()  # the held RPC completes once its message comes, and the next one is taken
+            channel.unary_unary(_GRPC_EXPORT)(_request("y", 5), timeout=5)
+        wait_for(lambda: {s["name"] for s in spans_in(read_json_lines(tmp_path / "out.jsonl"))} >=
+                 {f"{t}/{i}" for t in ("held", "y") for i in range(5)})
+    finally:
+        release.set()
+        assert gw.stop() == 0

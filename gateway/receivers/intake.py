@@ -70,6 +70,15 @@ class Admission:
         self.bytes += size
         return True
 
+    def take_bytes(self, size: int) -> bool:
+        """Add `size` bytes to a request that entered with 0 before its size was known (gRPC:
+        admitted when the RPC arrives, sized once its message is read), or False: the caller
+        refuses it and leaves with 0. A request alone in progress always fits."""
+        if self.requests > 1 and self.max_bytes and self.bytes + size > self.max_bytes:
+            return False
+        self.bytes += size
+        return True
+
     def leave(self, size: int) -> None:
         self.requests -= 1
         self.bytes -= size
@@ -98,6 +107,15 @@ class Intake:
     def overloaded(self, protocol: str) -> None:
         """Count a request admission control refused (before its body was read or decoded)."""
         self._metrics.receiver_requests.labels(protocol, "overloaded").inc()
+
+    def backpressure(self, protocol: str, signal: Signal) -> Refused | None:
+        """The pipeline's refusal of any request of `signal` now (every queue it can reach is full),
+        counted; receivers ask before reading the body, so a refusal costs no decode. Its spans
+        are not in `otelgate_receiver_refused_spans_total` (never decoded, so never counted)."""
+        refusal = self._pipeline.refusal_before_decode(signal)
+        if refusal is not None:
+            self._metrics.receiver_requests.labels(protocol, "refused").inc()
+        return refusal
 
     def configure(self, config: Config) -> None:
         """Take the key set and the limits from `config` (at start, and on each reload)."""

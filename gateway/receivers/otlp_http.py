@@ -177,6 +177,8 @@ class OtlpHttpReceiver:
             return _error(415, f"unsupported Content-Encoding {encoding!r}: use gzip, deflate, zstd or none", as_json)
         limit = self.config.max_body_bytes
         size = request.content_length or 0
+        if (refusal := self._intake.backpressure(PROTOCOL, signal)) is not None:
+            return _error(503, str(refusal), as_json, {"Retry-After": str(max(1, math.ceil(refusal.retry_after)))})
         admission = self.admission
         if not admission.enter(size):
             self._intake.overloaded(PROTOCOL)

@@ -80,6 +80,7 @@ class Router:
         self._default = next((r for r in compiled if routes[r.index].default), None)
         self._by_index = {r.index: r for r in compiled}
         self._drivers = drivers
+        self.drivers = tuple(drivers.values())  # every queue this signal can reach
         self._trace_routes = tuple(r for r in self._routes if r.by_trace)
         self._sampled = any(r.reject_below for r in compiled)
         matches = [r.match for r in self._routes if r.match is not None]

@@ -42,7 +42,7 @@ import orjson
 from gateway.batch import Batch, RequestContext
 from gateway.errors import Refused
 from gateway.logs import get_logger
-from gateway.otlp.signals import TRACES
+from gateway.otlp.signals import TRACES, Signal
 from gateway.otlp.wire import encode_varint
 
 _log = get_logger("affinity")
@@ -95,6 +95,11 @@ class AffinityPipeline:
         self._idle.clear()
 
     # -- receiving side ------------------------------------------------------------------------
+
+    def refusal_before_decode(self, signal: Signal) -> Refused | None:
+        """As `Pipeline.refusal_before_decode`, for what stays in this worker: spans may belong to
+        another worker's traces, whose queues this one cannot see, so traces are never refused early."""
+        return None if signal is TRACES else self._pipeline.refusal_before_decode(signal)
 
     async def consume(self, batch: Batch) -> None:
         if batch.signal is not TRACES:

@@ -142,6 +142,14 @@ class SinkDriver:
             return f"queue_full: {self._disk_bytes} bytes queued on disk, budget queue.max_bytes {self.config.queue.max_bytes}"
         return None
 
+    def still_full(self) -> bool:
+        """Whether a batch like the last one this queue could not take would still be refused now
+        (False once it took one, and for `drop_oldest`, which makes room). Lets a receiver refuse
+        a request under backpressure before reading and decoding it (`Pipeline.refusal_before_decode`)."""
+        if self._full is None or self.when_full == "drop_oldest":
+            return False
+        return self._room_problem(*self._refused_size) is not None
+
     @property
     def full_reason(self) -> str | None:
         """Why the queue refused the last batch it could not take (None once it took one)."""
