@@ -9,15 +9,18 @@ and `dropped` always carries a short, fixed `reason` (never raw error text).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
+import math
 import platform
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # `*_created` series double the output and no dashboard reads them (the Collector has none).
 disable_created_metrics()
@@ -50,7 +53,11 @@ class _QueueGauges(Collector):
         yield capacity
 
 
-class _SentChild:
+class PlainValue:
+    """One series of a plain counter: a float, no lock. Its writers are on one thread (the event
+    loop), so a lock per increment (prometheus-client's) would buy nothing; the hot paths add
+    to `value` directly."""
+
     __slots__ = ("value",)
 
     def __init__(self) -> None:
@@ -58,6 +65,114 @@ class _SentChild:
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
+
+
+class PlainBuckets:
+    """One series of a plain histogram: per-bucket counts (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "sum", "_bounds")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        if amount == amount:  # NaN is in no bucket (as in prometheus-client), only in the sum
+            self.counts[bisect_left(self._bounds, amount)] += 1
+
+
+class _PlainFamily(Collector):
+    """A labelled metric family whose series are plain Python numbers (`PlainCounter`,
+    `PlainHistogram`). Exposed sample for sample like prometheus-client's Counter and Histogram
+    (name, HELP, TYPE, label names and order, `_total` / `_bucket{le}` / `_count` / `_sum`), so
+    dashboards, rules and the workers' /metrics merge see no difference."""
+
+    _type = ""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], object] = {}
+        registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        return [Metric(self._name, self._documentation, self._type)]
+
+    def _new(self) -> object:
+        raise NotImplementedError
+
+    def _labels(self, values: tuple[str, ...]) -> object:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name}: {len(self._labelnames)} label values expected, got {values!r}")
+            key = tuple(str(v) for v in values)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self._new()
+        return child
+
+    def collect(self) -> Iterable[Metric]:
+        family = Metric(self._name, self._documentation, self._type)
+        names = self._labelnames
+        for values, child in list(self._children.items()):
+            self._samples(family, dict(zip(names, values)), child)
+        yield family
+
+    def _samples(self, family: Metric, labels: dict[str, str], child: object) -> None:
+        raise NotImplementedError
+
+
+class PlainCounter(_PlainFamily):
+    """A counter family of `PlainValue` series (see `_PlainFamily`)."""
+
+    _type = "counter"
+
+    def _new(self) -> PlainValue:
+        return PlainValue()
+
+    def labels(self, *values: str) -> PlainValue:
+        return self._labels(values)  # type: ignore[return-value]
+
+    def _samples(self, family: Metric, labels: dict[str, str], child: object) -> None:
+        family.samples.append(Sample(self._name + "_total", labels, child.value))  # type: ignore[attr-defined]
+
+
+class PlainHistogram(_PlainFamily):
+    """A histogram family of `PlainBuckets` series (see `_PlainFamily`); `buckets` are the finite
+    upper bounds, +Inf is added."""
+
+    _type = "histogram"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry,
+                 buckets: Sequence[float]) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds) or not bounds:
+            raise ValueError(f"{name}: buckets must be sorted and not empty")
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self._bounds = tuple(bounds)
+        self._le = tuple(floatToGoString(b) for b in bounds)
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new(self) -> PlainBuckets:
+        return PlainBuckets(self._bounds)
+
+    def labels(self, *values: str) -> PlainBuckets:
+        return self._labels(values)  # type: ignore[return-value]
+
+    def _samples(self, family: Metric, labels: dict[str, str], child: object) -> None:
+        assert isinstance(child, PlainBuckets)
+        name, add, acc = self._name, family.samples.append, 0.0
+        for le, count in zip(self._le, child.counts):
+            acc += count
+            add(Sample(name + "_bucket", {**labels, "le": le}, acc))
+        add(Sample(name + "_count", labels, acc))
+        if self._bounds[0] >= 0:  # as prometheus-client: no _sum when a bound is negative
+            add(Sample(name + "_sum", labels, child.sum))
 
 
 class SentCounter(Collector):
@@ -68,14 +183,14 @@ class SentCounter(Collector):
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
         self._name = name
         self._documentation = documentation
-        self._children: dict[tuple[str, str | None], _SentChild] = {}
+        self._children: dict[tuple[str, str | None], PlainValue] = {}
         registry.register(self)
 
-    def labels(self, sink: str, backend: str | None = None) -> _SentChild:
+    def labels(self, sink: str, backend: str | None = None) -> PlainValue:
         key = (sink, backend)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = _SentChild()
+            child = self._children[key] = PlainValue()
         return child
 
     def describe(self) -> Iterable[CounterMetricFamily]:
@@ -171,32 +286,33 @@ class Metrics:
         self.config_reloads = Counter(
             "otelgate_config_reloads", "Config reloads by outcome", ["outcome"], registry=r)
         # LLM calls, one per provider call (never aggregates or duplicates); see processors/llm_metrics.py.
-        self.llm_requests = Counter(
+        # Plain families (no lock per increment): they are written once or more per LLM call.
+        self.llm_requests = PlainCounter(
             "otelgate_llm_requests", "LLM provider calls; model: the requested model, response_model: the one that answered "
             "(empty when none did)", ["service", "provider", "model", "response_model", "operation", "status", *_OWNER],
-            registry=r)
-        self.llm_tokens = Counter(
+            r)
+        self.llm_tokens = PlainCounter(
             "otelgate_llm_tokens", "Tokens of LLM calls by type (input includes cache; output includes reasoning)",
-            ["service", "provider", "model", "type", *_OWNER], registry=r)
-        self.llm_cost = Counter(
+            ["service", "provider", "model", "type", *_OWNER], r)
+        self.llm_cost = PlainCounter(
             "otelgate_llm_cost_usd", "Cost of LLM calls in USD, by where the figure came from",
-            ["service", "provider", "model", "source", *_OWNER], registry=r)
-        self.llm_duration = Histogram(
+            ["service", "provider", "model", "source", *_OWNER], r)
+        self.llm_duration = PlainHistogram(
             "otelgate_llm_request_duration_seconds", "Duration of LLM call spans",
-            ["service", "provider", "model", *_OWNER], buckets=_LLM_BUCKETS, registry=r)
-        self.llm_input_tokens_per_call = Histogram(
+            ["service", "provider", "model", *_OWNER], r, _LLM_BUCKETS)
+        self.llm_input_tokens_per_call = PlainHistogram(
             "otelgate_llm_input_tokens_per_call", "Input tokens (cache included) of each LLM call that reported them",
-            ["app", "model"], buckets=_INPUT_TOKEN_BUCKETS, registry=r)
-        self.llm_unpriced = Counter(
-            "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], registry=r)
+            ["app", "model"], r, _INPUT_TOKEN_BUCKETS)
+        self.llm_unpriced = PlainCounter(
+            "otelgate_llm_unpriced_spans", "LLM calls with usage but no known price", ["provider", "model"], r)
 
         # User feedback and evaluation scores (gen_ai.evaluation.result log records); processors/feedback.py.
-        self.llm_feedback = Counter(
+        self.llm_feedback = PlainCounter(
             "otelgate_llm_feedback", "Feedback and evaluation results by app, evaluation name and label",
-            ["app", "name", "label"], registry=r)
-        self.llm_feedback_score = Histogram(
+            ["app", "name", "label"], r)
+        self.llm_feedback_score = PlainHistogram(
             "otelgate_llm_feedback_score", "Scores of feedback and evaluation results (gen_ai.evaluation.score.value)",
-            ["app", "name"], buckets=_SCORE_BUCKETS, registry=r)
+            ["app", "name"], r, _SCORE_BUCKETS)
 
         self.redactions = Counter(
             "otelgate_redactions", "Values redacted, by detector kind or content action (content_drop, content_hash, "

@@ -104,25 +104,26 @@ class PriceProcessor:
         if COST_SOURCE in seen:
             _read_back(call, seen)
             return False
+        attrs = span.attributes  # fetched once: each `span.attributes` makes a new container object
 
         if reported is not None:
             cost = float(reported)
             call.cost_usd, call.cost_source = cost, "reported"
             if COST not in seen:
-                _put(span, seen, COST, cost)
+                _put(attrs, seen, COST, cost)
             split = _reported_split(seen)
             if split is not None:
                 call.cost_input_usd, call.cost_output_usd = split
-                _put(span, seen, COST_INPUT, split[0])
-                _put(span, seen, COST_OUTPUT, split[1])
-            _put_source(span, seen, "reported")
-            _put_semconv(span, seen, cost, "reported")
+                _put(attrs, seen, COST_INPUT, split[0])
+                _put(attrs, seen, COST_OUTPUT, split[1])
+            _put_source(attrs, seen, "reported")
+            _put_semconv(attrs, seen, cost, "reported")
             return True
 
         quote = self._quote(call)
         if quote is None:
             call.cost_source = "unknown"
-            _put_source(span, seen, "unknown")
+            _put_source(attrs, seen, "unknown")
             self._warn_unknown(call)
             return True
 
@@ -131,12 +132,12 @@ class PriceProcessor:
         call.cost_output_usd = quote.output_usd
         call.cost_source = quote.source
         call.price_model = quote.matched
-        _put(span, seen, COST, quote.total_usd)
-        _put(span, seen, COST_INPUT, quote.input_usd)
-        _put(span, seen, COST_OUTPUT, quote.output_usd)
-        _put_source(span, seen, quote.source)
-        _put(span, seen, PRICE_MODEL, quote.matched)
-        _put_semconv(span, seen, quote.total_usd, quote.source)
+        _put(attrs, seen, COST, quote.total_usd)
+        _put(attrs, seen, COST_INPUT, quote.input_usd)
+        _put(attrs, seen, COST_OUTPUT, quote.output_usd)
+        _put_source(attrs, seen, quote.source)
+        _put(attrs, seen, PRICE_MODEL, quote.matched)
+        _put_semconv(attrs, seen, quote.total_usd, quote.source)
         return True
 
     def _quote(self, call: LlmCall) -> Quote | None:
@@ -220,6 +221,8 @@ def _reported_split(seen: dict[str, KeyValue]) -> tuple[float, float] | None:
     return None
 
 
+Attributes = Any  # a span's repeated KeyValue field (`span.attributes`)
+
 _USD = KeyValue(key=COST_CURRENCY, value=AnyValue(string_value="USD"))
 _SOURCES = {s: KeyValue(key=COST_SOURCE_SEMCONV, value=AnyValue(string_value=s))
             for s in ("computed", "override", "reported")}
@@ -227,36 +230,34 @@ _OTELGATE_SOURCES = {s: KeyValue(key=COST_SOURCE, value=AnyValue(string_value=s)
                      for s in ("computed", "override", "reported", "unknown")}
 
 
-def _put_source(span: Span, seen: dict[str, KeyValue], source: str) -> None:
+def _put_source(attrs: Attributes, seen: dict[str, KeyValue], source: str) -> None:
     """`otelgate.cost.source`: copied in from a prebuilt value (the pricer's most common write)."""
     kv = _OTELGATE_SOURCES.get(source)
     if COST_SOURCE in seen or kv is None:
-        _put(span, seen, COST_SOURCE, source)
+        _put(attrs, seen, COST_SOURCE, source)
     else:
-        span.attributes.append(kv)
+        attrs.append(kv)
 
 
-def _put_semconv(span: Span, seen: dict[str, KeyValue], cost: float, source: str) -> None:
+def _put_semconv(attrs: Attributes, seen: dict[str, KeyValue], cost: float, source: str) -> None:
     """The semconv cost triple; the two constant strings are copied in from prebuilt values."""
-    _put(span, seen, COST_AMOUNT, cost)
-    attrs = span.attributes
+    _put(attrs, seen, COST_AMOUNT, cost)
     if COST_CURRENCY in seen:
         seen[COST_CURRENCY].value.string_value = "USD"
     else:
         attrs.append(_USD)
     kv = _SOURCES.get(source)
     if COST_SOURCE_SEMCONV in seen or kv is None:
-        _put(span, seen, COST_SOURCE_SEMCONV, source)
+        _put(attrs, seen, COST_SOURCE_SEMCONV, source)
     else:
         attrs.append(kv)
 
 
-def _put(span: Span, seen: dict[str, KeyValue], key: str, value: float | str) -> None:
+def _put(attrs: Attributes, seen: dict[str, KeyValue], key: str, value: float | str) -> None:
     """Set attribute `key` (a double or a string), in place if the span has it, else added."""
     kv = seen.get(key)
     if kv is None:
-        kv = seen[key] = span.attributes.add()
-        kv.key = key
+        kv = seen[key] = attrs.add(key=key)
     if isinstance(value, str):
         kv.value.string_value = value
     else:

@@ -53,6 +53,7 @@ DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
     "environment": ("deployment.environment.name", "deployment.environment"),
 }
 WRITTEN = {"user": USER_ID, "session": SESSION_ID, "app": APP}
+_NO_RESOURCE = object()  # not a resource, not None (a call may have no resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +133,14 @@ class Attributor:
         """Resolve every call of one batch (whose request named `tenant`); True if a span changed."""
         # Per resource: its attributes, and each dimension as the resource alone says it (what a
         # span without any of the dimension's keys gets: the common case, resolved once).
-        resources: dict[int, tuple[dict[str, KeyValue], list[str | None]]] = {}
+        resources: dict[int, tuple[dict[str, KeyValue], tuple[str | None, ...]]] = {}
         changed = False
         span_keys, resource_keys, resolve = self._span_keys, self._resource_keys, self._resolve
         dims = self._dim_keys
         write = self.write
+        last_res: Any = _NO_RESOURCE
+        res_attrs: dict[str, KeyValue] = {}
+        defaults: Sequence[str | None] = ()
         for call in calls:
             span_attrs = call.attributes  # the normalizer's one pass kept our keys too
             mask = call.extra_mask  # ... and said which dimensions' keys the span has
@@ -144,31 +148,44 @@ class Attributor:
                 span_attrs = call.attributes = _pick(call.span.attributes, span_keys) if span_attrs is None else span_attrs
                 mask = sum(1 << i for i, (_, keys) in enumerate(dims) if not keys.isdisjoint(span_attrs))
             res = call.resource
-            cached = resources.get(id(res))
-            if cached is None:
-                res_attrs = _pick(res.attributes, resource_keys) if res is not None else {}
-                cached = resources[id(res)] = (res_attrs, [resolve(dim, {}, res_attrs, {}) for dim, _ in dims])
-            res_attrs, defaults = cached
-            parsed: dict[tuple[bool, str], Any] = {}
-            values = defaults if not mask else [
-                resolve(dim, span_attrs, res_attrs, parsed) if mask & (1 << i) else defaults[i]
-                for i, (dim, _) in enumerate(dims)]
-            call.tenant = tenant or values[0]
-            call.app, call.user, call.session, call.environment = values[1], values[2], values[3], values[4]
-            if write:
-                for value, key in ((values[2], USER_ID), (values[3], SESSION_ID), (values[1], APP)):
-                    if value is not None and key not in span_attrs:
-                        kv = span_attrs[key] = call.span.attributes.add()
-                        kv.key = key
-                        kv.value.string_value = value
-                        changed = True
+            if res is not last_res:  # a batch's calls come resource by resource
+                last_res = res
+                cached = resources.get(id(res))
+                if cached is None:
+                    attrs = _pick(res.attributes, resource_keys) if res is not None else {}
+                    cached = resources[id(res)] = (attrs, tuple(
+                        None if self._keys[dim].isdisjoint(attrs) else resolve(dim, {}, attrs, {}) for dim, _ in dims))
+                res_attrs, defaults = cached
+            values: Sequence[str | None] = defaults
+            if mask:  # the span has some dimensions' keys: those are resolved for it
+                values = list(defaults)
+                parsed: dict[tuple[bool, str], Any] = {}
+                bits = mask
+                while bits:
+                    low = bits & -bits
+                    i = low.bit_length() - 1
+                    values[i] = resolve(dims[i][0], span_attrs, res_attrs, parsed)
+                    bits ^= low
+            owner, app, user, session, environment = values
+            call.tenant = tenant or owner
+            call.app, call.user, call.session, call.environment = app, user, session, environment
+            if write:  # unrolled: this runs for every call
+                if user is not None and USER_ID not in span_attrs:
+                    kv = span_attrs[USER_ID] = call.span.attributes.add(key=USER_ID)
+                    kv.value.string_value = user
+                    changed = True
+                if session is not None and SESSION_ID not in span_attrs:
+                    kv = span_attrs[SESSION_ID] = call.span.attributes.add(key=SESSION_ID)
+                    kv.value.string_value = session
+                    changed = True
+                if app is not None and APP not in span_attrs:
+                    kv = span_attrs[APP] = call.span.attributes.add(key=APP)
+                    kv.value.string_value = app
+                    changed = True
         return changed
 
     def _resolve(self, dim: str, span_attrs: dict[str, KeyValue], res_attrs: dict[str, KeyValue],
                  parsed: dict[tuple[bool, str], Any]) -> str | None:
-        keys = self._keys[dim]
-        if keys.isdisjoint(span_attrs) and keys.isdisjoint(res_attrs):
-            return None  # the common case for most dimensions: none of its keys is there
         for key, on_span, on_resource, pointer in self._plans[dim]:
             kv = span_attrs.get(key) if on_span else None
             from_span = kv is not None
@@ -203,10 +220,13 @@ def _pick(attributes: Iterable[KeyValue], keys: frozenset[str]) -> dict[str, Key
 
 
 def _text(value: AnyValue) -> str | None:
+    text = value.string_value  # "" unless it is a string: the common case in one read
+    if text:
+        return text[:MAX_VALUE]
     kind = value.WhichOneof("value")
     if kind == "string_value":
-        text = value.string_value
-    elif kind == "int_value":
+        return None
+    if kind == "int_value":
         text = str(value.int_value)
     elif kind == "double_value":
         text = repr(value.double_value)

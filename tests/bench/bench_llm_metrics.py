@@ -1,41 +1,49 @@
-"""Cost per LLM call of `pipeline.llm_metrics`, now (with tenant/app/environment labels and the
-input-tokens histogram) against the version before them (git fffac65), side by side in one run.
+"""Cost per LLM call of `pipeline.llm_metrics`: a git revision (its llm_metrics.py and its
+telemetry.py's families, loaded side by side in this process) against the working tree.
 
-    .venv/bin/python tests/bench/bench_llm_metrics.py [calls]
+    .venv/bin/python tests/bench/bench_llm_metrics.py [calls] [--rev REV] [--batch N]
+
+REV defaults to 8063ab1 (prometheus-client Counter/Histogram children, one locked increment per
+series per call). Calls go through the processor as the pipeline calls it: batches of `--batch`
+calls (default 78: what a 100-span request of the fixtures carries). Rounds alternate the two
+versions (the machine is shared); the best round of each is printed, with a check that both
+produced the same /metrics text for the LLM families.
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gateway.llm.call import LlmCall  # noqa: E402
 from gateway.processors.llm_metrics import Config, LlmMetrics  # noqa: E402
-from gateway.telemetry import _LLM_BUCKETS, Metrics  # noqa: E402
+from gateway.telemetry import Metrics  # noqa: E402
 
 
-def _old() -> object:
-    source = subprocess.run(["git", "show", "fffac65:gateway/processors/llm_metrics.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    module = types.ModuleType("old_llm_metrics")
-    exec(compile(source, "old_llm_metrics.py", "exec"), module.__dict__)
-    r = CollectorRegistry()
-    m = types.SimpleNamespace(
-        llm_requests=Counter("a", "", ["service", "provider", "model", "operation", "status"], registry=r),
-        llm_tokens=Counter("b", "", ["service", "provider", "model", "type"], registry=r),
-        llm_cost=Counter("c", "", ["service", "provider", "model", "source"], registry=r),
-        llm_duration=Histogram("d", "", ["service", "provider", "model"], buckets=_LLM_BUCKETS, registry=r),
-        llm_unpriced=Counter("e", "", ["provider", "model"], registry=r))
-    return module.LlmMetrics(module.Config(), m)
+def _module(rev: str, path: str, name: str) -> types.ModuleType:
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses and pydantic look their module up
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)
+    return module
+
+
+def _old(rev: str) -> tuple[Any, Any]:
+    telemetry = _module(rev, "gateway/telemetry.py", "old_telemetry")
+    metrics = telemetry.Metrics()
+    llm_metrics = _module(rev, "gateway/processors/llm_metrics.py", "old_llm_metrics")
+    return llm_metrics.LlmMetrics(llm_metrics.Config(), metrics), metrics
 
 
 def _calls(n: int) -> list[LlmCall]:
@@ -48,21 +56,39 @@ def _calls(n: int) -> list[LlmCall]:
             for i in range(n)]
 
 
+def _llm_text(metrics: Any) -> list[str]:
+    text = generate_latest(metrics.registry).decode()
+    return sorted(line for line in text.splitlines() if "otelgate_llm_" in line)
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    calls = _calls(n)
-    new, old = LlmMetrics(Config(), Metrics()), _old()
-    results: dict[str, list[float]] = {"before (fffac65)": [], "now": []}
-    for _ in range(3):  # interleaved rounds: the machine is shared
-        for name, metrics in (("before (fffac65)", old), ("now", new)):
-            record = metrics._record  # type: ignore[attr-defined]
-            t0 = time.perf_counter()
-            for call in calls:
-                record(call)
-            results[name].append((time.perf_counter() - t0) / n * 1e6)
-    base = min(results["before (fffac65)"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("calls", type=int, nargs="?", default=100_000)
+    parser.add_argument("--rev", default="8063ab1")
+    parser.add_argument("--batch", type=int, default=78)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    calls = _calls(args.calls)
+    batches = [types.SimpleNamespace(llm_calls=calls[i:i + args.batch]) for i in range(0, len(calls), args.batch)]
+    new_metrics = Metrics()
+    old, old_metrics = _old(args.rev)
+    new = LlmMetrics(Config(), new_metrics)
+    before, now = f"before ({args.rev})", "now"
+    results: dict[str, list[float]] = {before: [], now: []}
+    for _ in range(args.rounds):  # interleaved rounds: the machine is shared
+        for name, process in ((before, old), (now, new)):
+            t0 = time.process_time()
+            for batch in batches:
+                process(batch)
+            results[name].append((time.process_time() - t0) / len(calls) * 1e6)
+    base = min(results[before])
     for name, times in results.items():
-        print(f"{name:18} {min(times):6.2f} us/call  (x{min(times) / base:.2f})")
+        print(f"{name:18} {min(times):6.2f} us/call  (x{min(times) / base:.2f})  rounds: "
+              + " ".join(f"{t:.2f}" for t in times))
+    same = _llm_text(old_metrics) == _llm_text(new_metrics)
+    print(f"/metrics text of the otelgate_llm_* families identical: {same}")
+    if not same:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
