@@ -45,7 +45,9 @@ from gateway.batch import Batch
 from gateway.configtypes import StrictModel
 from gateway.processors import Processor, ProcessorContext
 from gateway.redaction.detectors import DETECTORS, RESERVED_KINDS, Scanner, check_regex, compile_re2, gate_patterns
-from gateway.redaction.keys import ALLOW, CONTENT, CONTENT_KEYS, CONTENT_PREFIXES, DEFAULT_ALLOW_KEYS, KeyRoles
+from gateway.otlp.wire import span_ranges
+from gateway.redaction.locate import Target, candidate_attributes, candidate_spans
+from gateway.redaction.keys import ALLOW, CONTENT, SCAN, CONTENT_KEYS, CONTENT_PREFIXES, DEFAULT_ALLOW_KEYS, KeyRoles
 from gateway.telemetry import Metrics
 
 Detector = Literal[DETECTORS]  # type: ignore[valid-type]
@@ -100,6 +102,10 @@ _JSON_END = {"{": "}", "[": "]", '"': '"'}
 _MAX_JSON_NESTING = 4  # JSON inside a JSON string inside a JSON string...: deeper is scanned as text
 _GENAI_EVENT = "gen_ai."
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+# Short strings redacted are remembered (addresses, URLs, hosts recur across spans): at most this
+# many, of at most this many characters. The cache holds the texts it was given, like the batch.
+_MAX_CACHED_TEXT = 256
+_MAX_CACHED_TEXTS = 4096
 
 
 class Redactor:
@@ -116,6 +122,10 @@ class Redactor:
         self._hmac = hmac.new((config.hash_secret or "").encode(), digestmod=hashlib.sha256)
         self._roles = KeyRoles([*DEFAULT_ALLOW_KEYS, *config.allow_keys], content_is_special=config.content != "keep")
         self._counters: dict[str, Any] = {}
+        self._tally: dict[str, int] = {}  # counts of the current call, folded in by `_flush`
+        # Caches of the bytes path, by the bytes of keys and values: a key's role, a value's result.
+        self._byte_roles: dict[bytes, int] = {}
+        self._text_cache: dict[bytes, tuple[str | None, tuple[tuple[str, int], ...]]] = {}
         self._family = metrics.redactions
         custom = [(c.name, c.regex) for c in config.custom]
         self._scanner = Scanner(config.detectors, custom, self._count) if config.detectors or custom else None
@@ -123,12 +133,23 @@ class Redactor:
         self._pattern_gate = _gate(patterns) if patterns else None
         self._content_gate = _gate([re2.escape(k) for k in (*CONTENT_KEYS, *CONTENT_PREFIXES)]) \
             if config.content != "keep" else None
+        self._pattern_find = _finder(patterns) if patterns else None
+        self._content_find = _finder([re2.escape(k) for k in (*CONTENT_KEYS, *CONTENT_PREFIXES)]) \
+            if config.content != "keep" else None
 
     def _count(self, kind: str, n: int = 1) -> None:
-        counter = self._counters.get(kind)
-        if counter is None:
-            counter = self._counters[kind] = self._family.labels(kind)
-        counter.inc(n)
+        self._tally[kind] = self._tally.get(kind, 0) + n
+
+    def _flush(self) -> None:
+        """Fold the counts of this call into `otelgate_redactions_total`: one locked increment
+        per kind and request, not one per value."""
+        if self._tally:
+            for kind, n in self._tally.items():
+                counter = self._counters.get(kind)
+                if counter is None:
+                    counter = self._counters[kind] = self._family.labels(kind)
+                counter.inc(n)
+            self._tally = {}
 
     def _needs(self, message: Any, data: bytes | None = None) -> tuple[Scanner | None, bool]:
         """What `message` (a span, a resource, a request) may need: the scanner if a value may
@@ -162,19 +183,137 @@ class Redactor:
 
     def redact_traces_request(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> bool:
         """Redact every span of `request` in place; True if anything changed. `raw`, the
-        request's serialized bytes when known, lets a clean request cost one scan."""
-        if raw is not None and self._needs(request, raw) == (None, False):
-            return False
+        request's serialized bytes when known, lets the gates scan the whole request once and
+        this look only at the attributes they point at (`gateway.redaction.locate`)."""
+        changed = self._traces_from_bytes(request, raw) if raw is not None else None
+        if changed is None:
+            changed = self._traces_as_messages(request)
+        self._flush()
+        return changed
+
+    def _traces_as_messages(self, request: ExportTraceServiceRequest) -> bool:
+        """Span by span, each gated by its own serialization: the reference the bytes path must equal."""
         changed = False
         for rs in request.resource_spans:
             changed |= self._attributes_of(rs.resource)
             for ss in rs.scope_spans:
                 changed |= self._attributes_of(ss.scope)
                 for span in ss.spans:
-                    changed |= self.redact_span(span)
+                    changed |= self._span(span)
         return changed
 
+    def _traces_from_bytes(self, request: ExportTraceServiceRequest, raw: bytes) -> bool | None:
+        """Redact from one scan of `raw` per gate; None if its framing is unusual (the caller
+        then goes span by span). A missing gate means every span may need it: None too."""
+        scanner, content = self._scanner, self._mode != "keep"
+        if (scanner is not None and self._pattern_find is None) or (content and self._content_find is None):
+            return None
+        if scanner is None and not content:
+            return False
+        if not ((scanner is not None and self._pattern_find(raw, 0, len(raw)) >= 0)  # type: ignore[misc]
+                or (content and self._content_find(raw, 0, len(raw)) >= 0)):  # type: ignore[misc]
+            return False  # the common clean request: one C call per gate
+        ranges = span_ranges(raw)
+        if ranges is None:
+            return None
+        starts = [r[3] for r in ranges]
+        by_span: dict[int, list[Target] | None] = {}
+        outside = False
+        if scanner is not None:
+            by_span, outside = candidate_attributes(raw, ranges, self._pattern_find, starts)
+        if content:  # content to drop, hash or cut: those spans as messages
+            spans_with_content, elsewhere = candidate_spans(raw, ranges, self._content_find, starts)
+            by_span.update(dict.fromkeys(spans_with_content))
+            outside |= elsewhere
+        changed = False
+        if outside:  # a candidate in a resource or a scope (or in framing): those, as messages
+            for rs in request.resource_spans:
+                changed |= self._attributes_of(rs.resource)
+                for ss in rs.scope_spans:
+                    changed |= self._attributes_of(ss.scope)
+        containers: dict[tuple[int, int], Any] = {}
+        for i in sorted(by_span):
+            ri, si, ki, _, _ = ranges[i]
+            spans = containers.get((ri, si))
+            if spans is None:
+                spans = containers[(ri, si)] = request.resource_spans[ri].scope_spans[si].spans
+            targets = by_span[i]
+            if targets is None:
+                changed |= self._span(spans[ki])
+            else:
+                changed |= self._span_targets(raw, spans, ki, targets, scanner)  # type: ignore[arg-type]
+        return changed
+
+    def _span_targets(self, raw: bytes, spans: Any, index: int, targets: list[Target], scanner: Scanner) -> bool:
+        """The attributes of span `index` of `spans` that hold a pattern candidate; read from `raw`
+        when the value is a plain string, as messages otherwise. The span is touched only to write."""
+        roles, cache, tally = self._byte_roles, self._text_cache, self._tally
+        changed = False
+        span = None
+        for attribute, key_start, key_end, value_start, value_end in targets:
+            if key_start < 0:  # not one key and one string: the attribute as a message
+                if span is None:
+                    span = spans[index]
+                kv = span.attributes[attribute]
+                role = self._roles(kv.key)
+                if role == SCAN:
+                    changed |= self._value(kv.value, None, scanner)
+                    continue
+            else:
+                key = raw[key_start:key_end]
+                role = roles.get(key)
+                if role is None:
+                    role = self._byte_role(key)
+                if role == SCAN:
+                    value = raw[value_start:value_end]
+                    hit = cache.get(value)
+                    if hit is None:
+                        hit = self._redact_cached(value, scanner)
+                    redacted, counts = hit
+                    for kind, n in counts:
+                        tally[kind] = tally.get(kind, 0) + n
+                    if redacted is not None:
+                        if span is None:
+                            span = spans[index]
+                        span.attributes[attribute].value.string_value = redacted
+                        changed = True
+                    continue
+            if role == CONTENT:  # only with content modes, whose spans go the message way: defensive
+                return self._span(spans[index]) or changed
+        return changed
+
+    def _byte_role(self, key: bytes) -> int:
+        role = self._roles(key.decode())
+        if len(self._byte_roles) >= _MAX_CACHED_TEXTS:
+            self._byte_roles.clear()
+        self._byte_roles[key] = role
+        return role
+
+    def _redact_cached(self, value: bytes, scanner: Scanner) -> tuple[str | None, tuple[tuple[str, int], ...]]:
+        """A string value redacted (None: unchanged) and the counts that caused, remembered when
+        short: the same address, host or URL recurs in span after span, and a hit then costs one
+        dict lookup (its counts are added again on every hit)."""
+        text = value.decode()
+        tally, self._tally = self._tally, {}
+        try:
+            redacted = self._text(text, None, scanner)
+            counts = tuple(self._tally.items())
+        finally:
+            self._tally = tally
+        hit = (None if redacted is text else redacted, counts)
+        if len(value) <= _MAX_CACHED_TEXT:
+            if len(self._text_cache) >= _MAX_CACHED_TEXTS:
+                self._text_cache.clear()
+            self._text_cache[value] = hit
+        return hit
+
     def redact_span(self, span: Span) -> bool:
+        """Redact one span in place; True if anything changed."""
+        changed = self._span(span)
+        self._flush()
+        return changed
+
+    def _span(self, span: Span) -> bool:
         scanner, content = self._needs(span)
         if scanner is None and not content:
             return False
@@ -198,13 +337,19 @@ class Redactor:
             for sl in rl.scope_logs:
                 changed |= self._attributes_of(sl.scope)
                 for record in sl.log_records:
-                    changed |= self.redact_log_record(record)
+                    changed |= self._log_record(record)
+        self._flush()
         return changed
 
     def redact_log_record(self, record: LogRecord) -> bool:
         """The body of a GenAI event (`gen_ai.user.message`, `gen_ai.choice`, ...) is content;
         any other body is scanned for patterns."""
-        changed = self.redact_attributes(record.attributes)
+        changed = self._log_record(record)
+        self._flush()
+        return changed
+
+    def _log_record(self, record: LogRecord) -> bool:
+        changed = self._attributes(record.attributes, self._scanner, self._mode != "keep")
         if record.HasField("body"):
             if self._mode != "keep" and _is_genai_event(record):
                 if self._mode == "drop":
@@ -212,24 +357,30 @@ class Redactor:
                     self._count("content_drop")
                     return True
                 changed |= self._content_value(record.body, self._scanner)
-            else:
-                changed |= self.redact_anyvalue(record.body)
+            elif self._scanner is not None:
+                changed |= self._value(record.body, None, self._scanner)
         return changed
 
     # -- attributes and values ------------------------------------------------------------
 
     def redact_attributes(self, attributes: Any) -> bool:
         """Redact a repeated `KeyValue` field in place (content rules by key, then patterns)."""
-        return self._attributes(attributes, self._scanner, self._mode != "keep")
+        changed = self._attributes(attributes, self._scanner, self._mode != "keep")
+        self._flush()
+        return changed
 
     def redact_anyvalue(self, value: AnyValue) -> bool:
         """Replace pattern matches in every string of `value` (nested arrays and key-value lists
         too; their keys are not looked at). True if anything changed."""
-        return self._scanner is not None and self._value(value, None, self._scanner)
+        changed = self._scanner is not None and self._value(value, None, self._scanner)
+        self._flush()
+        return changed
 
     def redact_text(self, text: str) -> str:
         """`text` with pattern matches replaced (JSON-aware); the same object when unchanged."""
-        return self._text(text, None, self._scanner)
+        redacted = self._text(text, None, self._scanner)
+        self._flush()
+        return redacted
 
     def _attributes_of(self, message: Any) -> bool:
         """The attributes of a resource or a scope, if its gates say they may need it."""
@@ -376,6 +527,15 @@ def _gate(patterns: list[str]) -> Callable[[bytes], bool]:
     def finds(data: bytes) -> bool:
         return match(_UNANCHORED, data, 0, len(data))[0][0] >= 0
     return finds
+
+
+def _finder(patterns: list[str]) -> Callable[[bytes, int, int], int]:
+    """Where the first match of any of `patterns` in data[start:end] starts (-1: none)."""
+    match = compile_re2("|".join(patterns)).Match
+
+    def find(data: bytes, start: int, end: int) -> int:
+        return match(_UNANCHORED, data, start, end)[0][0]
+    return find
 
 
 def _escapes_may_hide(text: str) -> bool:
