@@ -217,13 +217,14 @@ class Redactor:
         if ranges is None:
             return None
         starts = [r[3] for r in ranges]
-        by_span: dict[int, list[Target] | None] = {}
+        whole: set[int] = set()  # spans with content to drop, hash or cut: read as messages
         outside = False
+        if content:
+            spans_with_content, outside = candidate_spans(raw, ranges, self._content_find, starts)  # type: ignore[arg-type]
+            whole.update(spans_with_content)
+        by_span: dict[int, list[Target] | None] = {}
         if scanner is not None:
-            by_span, outside = candidate_attributes(raw, ranges, self._pattern_find, starts)
-        if content:  # content to drop, hash or cut: those spans as messages
-            spans_with_content, elsewhere = candidate_spans(raw, ranges, self._content_find, starts)
-            by_span.update(dict.fromkeys(spans_with_content))
+            by_span, elsewhere = candidate_attributes(raw, ranges, self._pattern_find, starts, whole)  # type: ignore[arg-type]
             outside |= elsewhere
         changed = False
         if outside:  # a candidate in a resource or a scope (or in framing): those, as messages
@@ -232,14 +233,14 @@ class Redactor:
                 for ss in rs.scope_spans:
                     changed |= self._attributes_of(ss.scope)
         containers: dict[tuple[int, int], Any] = {}
-        for i in sorted(by_span):
+        for i in sorted(whole.union(by_span)):
             ri, si, ki, _, _ = ranges[i]
             spans = containers.get((ri, si))
             if spans is None:
                 spans = containers[(ri, si)] = request.resource_spans[ri].scope_spans[si].spans
-            targets = by_span[i]
-            if targets is None:
-                changed |= self._span(spans[ki])
+            targets = by_span.get(i)
+            if targets is None:  # as a message, with what the scans found in it
+                changed |= self._span_with(spans[ki], scanner if i in by_span else None, i in whole)
             else:
                 changed |= self._span_targets(raw, spans, ki, targets, scanner)  # type: ignore[arg-type]
         return changed
@@ -315,6 +316,10 @@ class Redactor:
 
     def _span(self, span: Span) -> bool:
         scanner, content = self._needs(span)
+        return self._span_with(span, scanner, content)
+
+    def _span_with(self, span: Span, scanner: Scanner | None, content: bool) -> bool:
+        """`span` as a message: patterns with `scanner`, content rules if `content`."""
         if scanner is None and not content:
             return False
         changed = False

@@ -18,7 +18,7 @@ slower path, never a skipped one.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 # A compiled RE2 object's `.Match(anchor, data, start, end)` bound with its anchor: the first
 # match's start in data[start:end], or -1.
@@ -57,10 +57,11 @@ def candidate_spans(raw: bytes, ranges: Sequence[tuple[int, int, int, int, int]]
 
 
 def candidate_attributes(raw: bytes, ranges: Sequence[tuple[int, int, int, int, int]], find: Find,
-                         starts: Sequence[int]) -> tuple[dict[int, list[Target] | None], bool]:
+                         starts: Sequence[int], skip: Container[int] = ()) -> tuple[dict[int, list[Target] | None], bool]:
     """For each span (its position in `ranges`) a candidate of `find` starts in: the attributes it
     starts in (`span_targets`), or None when the span must be read as a message; and whether a
-    candidate starts outside every span. One scan: as many RE2 calls as candidates, plus one."""
+    candidate starts outside every span. The spans in `skip` (read as messages anyway) are not
+    walked: one with a candidate only gets None. One scan: as many RE2 calls as candidates, plus one."""
     spans: dict[int, list[Target] | None] = {}
     outside = False
     end = len(raw)
@@ -68,6 +69,10 @@ def candidate_attributes(raw: bytes, ranges: Sequence[tuple[int, int, int, int, 
     while found >= 0:
         i = bisect_right(starts, found) - 1
         if i >= 0 and found < ranges[i][4]:
+            if i in skip:  # a candidate here: the caller's message walk needs the scanner too
+                spans[i] = None
+                found = find(raw, ranges[i][4], end)
+                continue
             spans[i], found = span_targets(raw, ranges[i][3], ranges[i][4], find, found)
         else:
             outside = True
