@@ -112,9 +112,12 @@ class Redactor:
     """Redacts OTLP data in place. Built once from a `Config`; usable on any batch or request
     (the pipeline's chain, a route's own settings on a copy, log records).
 
-    Before looking at a span value by value, two gates scan its serialized bytes once (C, no
-    Python per attribute): one for boundary-free supersets of the detectors, one for the
-    content keys. A span that neither finds is left as it is: the common case."""
+    Two gates, boundary-free supersets of the detectors and the content keys, scan serialized
+    bytes in C. With the request's received bytes, one scan per gate covers the whole request
+    and `gateway.redaction.locate` maps each candidate to its span and attribute: only those are
+    read in Python, the rest of the request not at all. Without them (a route's copy, a span on
+    its own), each span's serialization is scanned and a span with a candidate is read value by
+    value. Both give the result of scanning every value: a property test holds them to it."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._mode = config.content
