@@ -118,7 +118,8 @@ def test_from_the_bytes_equals_span_by_span_on_every_fixture() -> None:
 
 
 def test_plain_spans_are_edited_where_the_candidates_are() -> None:
-    """The bench's plain spans: an address in `client.address` is redacted and counted, the allowed
+    """The bench's plain spans: an address in `client.address` is redacted and counted (every time,
+    also when its decision was remembered from an earlier span), the allowed
     `server.address` and a version that looks like an address in `service.version` are not; the
     scan points at exactly the attribute holding the address."""
     request = ExportTraceServiceRequest()
@@ -127,12 +128,13 @@ def test_plain_spans_are_edited_where_the_candidates_are() -> None:
     ss = rs.scope_spans.add()
     for i in range(3):
         span = ss.spans.add(trace_id=bytes([i + 1]) * 16, span_id=bytes([i + 1]) * 8, name="GET")
-        _add(span.attributes, {"http.route": "/a", "server.address": "10.9.9.9", "client.address": f"10.1.2.{i}",
+        _add(span.attributes, {"http.route": "/a", "server.address": "10.9.9.9", "client.address": f"10.1.2.{i % 2}",
                                "http.response.status_code": 200})
     body = request.SerializeToString()
     ranges = span_ranges(body)
     assert ranges is not None
-    redactor = Redactor(Config(enabled=True), Metrics())
+    metrics = Metrics()
+    redactor = Redactor(Config(enabled=True), metrics)
     by_span, outside = candidate_attributes(body, ranges, redactor._pattern_find, [r[3] for r in ranges])
     assert sorted(by_span) == [0, 1, 2] and outside  # `1.4.2.1` in the resource is a candidate too
     assert all([t[0] for t in targets] == [1, 2] for targets in by_span.values())  # type: ignore[union-attr]
@@ -142,6 +144,7 @@ def test_plain_spans_are_edited_where_the_candidates_are() -> None:
         assert values["client.address"].string_value == "[REDACTED:ipv4]"
         assert values["server.address"].string_value == "10.9.9.9"
     assert request.resource_spans[0].resource.attributes[1].value.string_value == "1.4.2.1"
+    assert _counts(metrics) == {"ipv4": 3}  # a value seen before (a remembered decision) counts again
 
 
 def test_unusual_encodings_go_span_by_span() -> None:

@@ -46,7 +46,7 @@ from gateway.configtypes import StrictModel
 from gateway.processors import Processor, ProcessorContext
 from gateway.redaction.detectors import DETECTORS, RESERVED_KINDS, Scanner, check_regex, compile_re2, gate_patterns
 from gateway.otlp.wire import span_ranges
-from gateway.redaction.locate import Target, candidate_attributes, candidate_spans
+from gateway.redaction.locate import Target, candidate_attributes, candidate_spans, key_value
 from gateway.redaction.keys import ALLOW, CONTENT, SCAN, CONTENT_KEYS, CONTENT_PREFIXES, DEFAULT_ALLOW_KEYS, KeyRoles
 from gateway.telemetry import Metrics
 
@@ -102,10 +102,12 @@ _JSON_END = {"{": "}", "[": "]", '"': '"'}
 _MAX_JSON_NESTING = 4  # JSON inside a JSON string inside a JSON string...: deeper is scanned as text
 _GENAI_EVENT = "gen_ai."
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
-# Short strings redacted are remembered (addresses, URLs, hosts recur across spans): at most this
-# many, of at most this many characters. The cache holds the texts it was given, like the batch.
-_MAX_CACHED_TEXT = 256
-_MAX_CACHED_TEXTS = 4096
+# Decisions on short attributes are remembered (addresses, URLs, hosts recur across spans): at most
+# this many, for encodings of at most this many bytes. The cache holds the attributes it was
+# given, in memory only, as the batches do.
+_MAX_CACHED_ENTRY = 320
+_MAX_CACHED_ENTRIES = 4096
+_UNCHANGED, _REPLACE, _AS_MESSAGE, _CONTENT_ROLE = range(4)  # what `_decide` says to do with an attribute
 
 
 class Redactor:
@@ -126,9 +128,8 @@ class Redactor:
         self._roles = KeyRoles([*DEFAULT_ALLOW_KEYS, *config.allow_keys], content_is_special=config.content != "keep")
         self._counters: dict[str, Any] = {}
         self._tally: dict[str, int] = {}  # counts of the current call, folded in by `_flush`
-        # Caches of the bytes path, by the bytes of keys and values: a key's role, a value's result.
-        self._byte_roles: dict[bytes, int] = {}
-        self._text_cache: dict[bytes, tuple[str | None, tuple[tuple[str, int], ...]]] = {}
+        # The bytes path's decisions, by the attribute's encoding (`_decide`).
+        self._decisions: dict[bytes, tuple[int, str | None, tuple[tuple[str, int], ...]]] = {}
         self._family = metrics.redactions
         custom = [(c.name, c.regex) for c in config.custom]
         self._scanner = Scanner(config.detectors, custom, self._count) if config.detectors or custom else None
@@ -249,67 +250,68 @@ class Redactor:
         return changed
 
     def _span_targets(self, raw: bytes, spans: Any, index: int, targets: list[Target], scanner: Scanner) -> bool:
-        """The attributes of span `index` of `spans` that hold a pattern candidate; read from `raw`
-        when the value is a plain string, as messages otherwise. The span is touched only to write."""
-        roles, cache, tally = self._byte_roles, self._text_cache, self._tally
+        """The attributes of span `index` of `spans` that hold a pattern candidate, decided from
+        their bytes (`_decide`); the span is touched only to write, or to read an attribute whose
+        encoding is unusual."""
+        cache, tally = self._decisions, self._tally
         changed = False
         span = None
-        for attribute, key_start, key_end, value_start, value_end in targets:
-            if key_start < 0:  # not one key and one string: the attribute as a message
-                if span is None:
-                    span = spans[index]
+        for attribute, start, end in targets:
+            entry = raw[start:end]
+            decision = cache.get(entry)
+            if decision is None:
+                decision = self._decide(entry, scanner)
+            action, redacted, counts = decision
+            for kind, n in counts:
+                tally[kind] = tally.get(kind, 0) + n
+            if action == _UNCHANGED:
+                continue
+            if span is None:
+                span = spans[index]
+            if action == _REPLACE:
+                span.attributes[attribute].value.string_value = redacted
+                changed = True
+            elif action == _AS_MESSAGE:
                 kv = span.attributes[attribute]
                 role = self._roles(kv.key)
                 if role == SCAN:
                     changed |= self._value(kv.value, None, scanner)
-                    continue
-            else:
-                key = raw[key_start:key_end]
-                role = roles.get(key)
-                if role is None:
-                    role = self._byte_role(key)
-                if role == SCAN:
-                    value = raw[value_start:value_end]
-                    hit = cache.get(value)
-                    if hit is None:
-                        hit = self._redact_cached(value, scanner)
-                    redacted, counts = hit
-                    for kind, n in counts:
-                        tally[kind] = tally.get(kind, 0) + n
-                    if redacted is not None:
-                        if span is None:
-                            span = spans[index]
-                        span.attributes[attribute].value.string_value = redacted
-                        changed = True
-                    continue
-            if role == CONTENT:  # only with content modes, whose spans go the message way: defensive
-                return self._span(spans[index]) or changed
+                elif role == CONTENT:
+                    return self._span(span) or changed
+            else:  # content, whose spans go the message way: defensive
+                return self._span(span) or changed
         return changed
 
-    def _byte_role(self, key: bytes) -> int:
-        role = self._roles(key.decode())
-        if len(self._byte_roles) >= _MAX_CACHED_TEXTS:
-            self._byte_roles.clear()
-        self._byte_roles[key] = role
-        return role
-
-    def _redact_cached(self, value: bytes, scanner: Scanner) -> tuple[str | None, tuple[tuple[str, int], ...]]:
-        """A string value redacted (None: unchanged) and the counts that caused, remembered when
-        short: the same address, host or URL recurs in span after span, and a hit then costs one
-        dict lookup (its counts are added again on every hit)."""
-        text = value.decode()
-        tally, self._tally = self._tally, {}
-        try:
-            redacted = self._text(text, None, scanner)
-            counts = tuple(self._tally.items())
-        finally:
-            self._tally = tally
-        hit = (None if redacted is text else redacted, counts)
-        if len(value) <= _MAX_CACHED_TEXT:
-            if len(self._text_cache) >= _MAX_CACHED_TEXTS:
-                self._text_cache.clear()
-            self._text_cache[value] = hit
-        return hit
+    def _decide(self, entry: bytes, scanner: Scanner) -> tuple[int, str | None, tuple[tuple[str, int], ...]]:
+        """What to do with an attribute, from its KeyValue encoding: (action, the new string value,
+        the counts it causes). Remembered for short entries: the same address, host or URL recurs
+        in span after span under the same key, and a repeat then costs one dict lookup (its counts
+        are added again on every repeat)."""
+        located = key_value(entry)
+        decision: tuple[int, str | None, tuple[tuple[str, int], ...]]
+        if located is None:
+            decision = (_AS_MESSAGE, None, ())
+        else:
+            key_start, key_end, value_start, value_end = located
+            role = self._roles(entry[key_start:key_end].decode())
+            if role == ALLOW:
+                decision = (_UNCHANGED, None, ())
+            elif role == CONTENT:
+                decision = (_CONTENT_ROLE, None, ())
+            else:
+                text = entry[value_start:value_end].decode()
+                tally, self._tally = self._tally, {}
+                try:
+                    redacted = self._text(text, None, scanner)
+                    counts = tuple(self._tally.items())
+                finally:
+                    self._tally = tally
+                decision = (_UNCHANGED, None, counts) if redacted is text else (_REPLACE, redacted, counts)
+        if len(entry) <= _MAX_CACHED_ENTRY:
+            if len(self._decisions) >= _MAX_CACHED_ENTRIES:
+                self._decisions.clear()
+            self._decisions[entry] = decision
+        return decision
 
     def redact_span(self, span: Span) -> bool:
         """Redact one span in place; True if anything changed."""

@@ -30,9 +30,9 @@ _ATTRIBUTE_TAG = 9 << 3 | 2  # Span.attributes, length-delimited
 _READ = frozenset({5, 9, 11, 13, 15})
 _KEY, _VALUE = 1, 2  # KeyValue.key, KeyValue.value
 _STRING_VALUE = 0x0A  # AnyValue.string_value, wire type 2: the tag byte
-# One attribute with a candidate: its index among the span's attributes, the key's bytes, and the
-# string value's bytes when the value is exactly one `string_value` (else -1, -1).
-Target = tuple[int, int, int, int, int]
+# One attribute with a candidate: its index among the span's attributes, and where its KeyValue's
+# encoding starts and ends.
+Target = tuple[int, int, int]
 
 
 def candidate_spans(raw: bytes, ranges: Sequence[tuple[int, int, int, int, int]], find: Find,
@@ -112,44 +112,47 @@ def span_targets(raw: bytes, start: int, end: int, find: Find, found: int) -> tu
                 continue
             if tag != _ATTRIBUTE_TAG:
                 return None, find(raw, end, whole)
-            targets.append(_key_value(raw, content, walk, attribute))
+            targets.append((attribute, content, walk))
             found = find(raw, walk, whole)
     except IndexError:
         return None, find(raw, end, whole)
     return targets, found
 
 
-def _key_value(raw: bytes, start: int, end: int, index: int) -> Target:
-    """Where the key and the string value of the KeyValue in raw[start:end] are (-1 when the key or
-    value is not exactly one plain field: the caller reads that attribute as a message)."""
+def key_value(entry: bytes) -> tuple[int, int, int, int] | None:
+    """Where the key and the string value are in `entry`, a KeyValue's encoding: (key start, key end,
+    value start, value end); None unless it is exactly one key and one AnyValue holding exactly one
+    `string_value` (the caller then reads that attribute as a message)."""
     key = value = None
-    pos = start
-    while pos < end:
-        tag = raw[pos]
-        length = raw[pos + 1]
-        if tag & 7 != 2 or tag >= 0x80:
-            return index, -1, -1, -1, -1
-        pos += 2
+    pos, end = 0, len(entry)
+    try:
+        while pos < end:
+            tag, length = entry[pos], entry[pos + 1]
+            if tag & 7 != 2 or tag >= 0x80:
+                return None
+            pos += 2
+            if length >= 0x80:
+                length, pos = _varint(entry, pos - 1)
+            field, content, pos = tag >> 3, pos, pos + length
+            if field == _KEY and key is None:
+                key = content, pos
+            elif field == _VALUE and value is None:
+                value = content, pos
+            else:
+                return None  # repeated or unknown fields: the parsed message decides
+        if pos != end or key is None or value is None:
+            return None
+        v_start, v_end = value
+        if v_end - v_start < 2 or entry[v_start] != _STRING_VALUE:
+            return None
+        length, content = entry[v_start + 1], v_start + 2
         if length >= 0x80:
-            length, pos = _varint(raw, pos - 1)
-        field, content, pos = tag >> 3, pos, pos + length
-        if field == _KEY and key is None:
-            key = (content, pos)
-        elif field == _VALUE and value is None:
-            value = (content, pos)
-        else:
-            return index, -1, -1, -1, -1  # repeated or unknown fields: the parsed message decides
-    if pos != end or key is None or value is None:
-        return index, -1, -1, -1, -1
-    v_start, v_end = value
-    if v_end - v_start < 2 or raw[v_start] != _STRING_VALUE:
-        return index, -1, -1, -1, -1
-    length, content = raw[v_start + 1], v_start + 2
-    if length >= 0x80:
-        length, content = _varint(raw, v_start + 1)
+            length, content = _varint(entry, v_start + 1)
+    except IndexError:
+        return None
     if content + length != v_end:
-        return index, -1, -1, -1, -1  # more than the string in the AnyValue
-    return index, key[0], key[1], content, v_end
+        return None  # more than the string in the AnyValue
+    return key[0], key[1], content, v_end
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
