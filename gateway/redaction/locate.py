@@ -93,7 +93,8 @@ def span_targets(raw: bytes, start: int, end: int, find: Find, found: int) -> tu
         while 0 <= found < end:
             while walk <= found:  # read fields until the one holding `found` (one-byte tags and lengths inline)
                 tag = raw[walk]
-                if tag & 7 == 2 and tag < 0x80:
+                wire_type = tag & 7
+                if wire_type == 2 and tag < 0x80:
                     length = raw[walk + 1]
                     if length < 0x80:
                         content = walk + 2
@@ -102,9 +103,15 @@ def span_targets(raw: bytes, start: int, end: int, find: Find, found: int) -> tu
                     walk = content + length
                     if tag == _ATTRIBUTE_TAG:
                         attribute += 1
-                else:  # a number, or a field this reader does not read
-                    tag = 0
-                    content = walk = _skip_field(raw, walk)
+                    continue
+                if wire_type == 1 and tag < 0x80:  # the timestamps
+                    walk += 9
+                elif wire_type == 0 and tag < 0x80 and raw[walk + 1] < 0x80:  # kind, small counts
+                    walk += 2
+                else:  # a longer number, or a field this reader does not read
+                    walk = _skip_field(raw, walk)
+                tag = 0
+                content = walk
             if walk > end:
                 return None, find(raw, end, whole)
             if found < content or tag >> 3 not in _READ:
