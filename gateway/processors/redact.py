@@ -45,7 +45,9 @@ from gateway.batch import Batch
 from gateway.configtypes import StrictModel
 from gateway.processors import Processor, ProcessorContext
 from gateway.redaction.detectors import DETECTORS, RESERVED_KINDS, Scanner, check_regex, compile_re2, gate_patterns
-from gateway.redaction.keys import ALLOW, CONTENT, CONTENT_KEYS, CONTENT_PREFIXES, DEFAULT_ALLOW_KEYS, KeyRoles
+from gateway.otlp.wire import span_ranges
+from gateway.redaction.locate import Target, candidate_attributes, candidate_spans, key_value
+from gateway.redaction.keys import ALLOW, CONTENT, SCAN, CONTENT_KEYS, CONTENT_PREFIXES, DEFAULT_ALLOW_KEYS, KeyRoles
 from gateway.telemetry import Metrics
 
 Detector = Literal[DETECTORS]  # type: ignore[valid-type]
@@ -100,15 +102,24 @@ _JSON_END = {"{": "}", "[": "]", '"': '"'}
 _MAX_JSON_NESTING = 4  # JSON inside a JSON string inside a JSON string...: deeper is scanned as text
 _GENAI_EVENT = "gen_ai."
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+# Decisions on short attributes are remembered (addresses, URLs, hosts recur across spans): at most
+# this many, for encodings of at most this many bytes. The cache holds the attributes it was
+# given, in memory only, as the batches do.
+_MAX_CACHED_ENTRY = 320
+_MAX_CACHED_ENTRIES = 4096
+_UNCHANGED, _REPLACE, _AS_MESSAGE, _CONTENT_ROLE = range(4)  # what `_decide` says to do with an attribute
 
 
 class Redactor:
     """Redacts OTLP data in place. Built once from a `Config`; usable on any batch or request
     (the pipeline's chain, a route's own settings on a copy, log records).
 
-    Before looking at a span value by value, two gates scan its serialized bytes once (C, no
-    Python per attribute): one for boundary-free supersets of the detectors, one for the
-    content keys. A span that neither finds is left as it is: the common case."""
+    Two gates, boundary-free supersets of the detectors and the content keys, scan serialized
+    bytes in C. With the request's received bytes, one scan per gate covers the whole request
+    and `gateway.redaction.locate` maps each candidate to its span and attribute: only those are
+    read in Python, the rest of the request not at all. Without them (a route's copy, a span on
+    its own), each span's serialization is scanned and a span with a candidate is read value by
+    value. Both give the result of scanning every value: a property test holds them to it."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._mode = config.content
@@ -116,6 +127,9 @@ class Redactor:
         self._hmac = hmac.new((config.hash_secret or "").encode(), digestmod=hashlib.sha256)
         self._roles = KeyRoles([*DEFAULT_ALLOW_KEYS, *config.allow_keys], content_is_special=config.content != "keep")
         self._counters: dict[str, Any] = {}
+        self._tally: dict[str, int] = {}  # counts of the current call, folded in by `_flush`
+        # The bytes path's decisions, by the attribute's encoding (`_decide`).
+        self._decisions: dict[bytes, tuple[int, str | None, tuple[tuple[str, int], ...]]] = {}
         self._family = metrics.redactions
         custom = [(c.name, c.regex) for c in config.custom]
         self._scanner = Scanner(config.detectors, custom, self._count) if config.detectors or custom else None
@@ -123,12 +137,23 @@ class Redactor:
         self._pattern_gate = _gate(patterns) if patterns else None
         self._content_gate = _gate([re2.escape(k) for k in (*CONTENT_KEYS, *CONTENT_PREFIXES)]) \
             if config.content != "keep" else None
+        self._pattern_find = _finder(patterns) if patterns else None
+        self._content_find = _finder([re2.escape(k) for k in (*CONTENT_KEYS, *CONTENT_PREFIXES)]) \
+            if config.content != "keep" else None
 
     def _count(self, kind: str, n: int = 1) -> None:
-        counter = self._counters.get(kind)
-        if counter is None:
-            counter = self._counters[kind] = self._family.labels(kind)
-        counter.inc(n)
+        self._tally[kind] = self._tally.get(kind, 0) + n
+
+    def _flush(self) -> None:
+        """Fold the counts of this call into `otelgate_redactions_total`: one locked increment
+        per kind and request, not one per value."""
+        if self._tally:
+            for kind, n in self._tally.items():
+                counter = self._counters.get(kind)
+                if counter is None:
+                    counter = self._counters[kind] = self._family.labels(kind)
+                counter.inc(n)
+            self._tally = {}
 
     def _needs(self, message: Any, data: bytes | None = None) -> tuple[Scanner | None, bool]:
         """What `message` (a span, a resource, a request) may need: the scanner if a value may
@@ -162,20 +187,144 @@ class Redactor:
 
     def redact_traces_request(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> bool:
         """Redact every span of `request` in place; True if anything changed. `raw`, the
-        request's serialized bytes when known, lets a clean request cost one scan."""
-        if raw is not None and self._needs(request, raw) == (None, False):
-            return False
+        request's serialized bytes when known, lets the gates scan the whole request once and
+        this look only at the attributes they point at (`gateway.redaction.locate`)."""
+        changed = self._traces_from_bytes(request, raw) if raw is not None else None
+        if changed is None:
+            changed = self._traces_as_messages(request)
+        self._flush()
+        return changed
+
+    def _traces_as_messages(self, request: ExportTraceServiceRequest) -> bool:
+        """Span by span, each gated by its own serialization: the reference the bytes path must equal."""
         changed = False
         for rs in request.resource_spans:
             changed |= self._attributes_of(rs.resource)
             for ss in rs.scope_spans:
                 changed |= self._attributes_of(ss.scope)
                 for span in ss.spans:
-                    changed |= self.redact_span(span)
+                    changed |= self._span(span)
         return changed
 
+    def _traces_from_bytes(self, request: ExportTraceServiceRequest, raw: bytes) -> bool | None:
+        """Redact from one scan of `raw` per gate; None if its framing is unusual (the caller
+        then goes span by span). A missing gate means every span may need it: None too."""
+        scanner, content = self._scanner, self._mode != "keep"
+        if (scanner is not None and self._pattern_find is None) or (content and self._content_find is None):
+            return None
+        if scanner is None and not content:
+            return False
+        if not ((scanner is not None and self._pattern_find(raw, 0, len(raw)) >= 0)  # type: ignore[misc]
+                or (content and self._content_find(raw, 0, len(raw)) >= 0)):  # type: ignore[misc]
+            return False  # the common clean request: one C call per gate
+        ranges = span_ranges(raw)
+        if ranges is None:
+            return None
+        starts = [r[3] for r in ranges]
+        whole: set[int] = set()  # spans with content to drop, hash or cut: read as messages
+        outside = False
+        if content:
+            spans_with_content, outside = candidate_spans(raw, ranges, self._content_find, starts)  # type: ignore[arg-type]
+            whole.update(spans_with_content)
+        by_span: dict[int, list[Target] | None] = {}
+        if scanner is not None:
+            by_span, elsewhere = candidate_attributes(raw, ranges, self._pattern_find, starts, whole)  # type: ignore[arg-type]
+            outside |= elsewhere
+        changed = False
+        if outside:  # a candidate in a resource or a scope (or in framing): those, as messages
+            for rs in request.resource_spans:
+                changed |= self._attributes_of(rs.resource)
+                for ss in rs.scope_spans:
+                    changed |= self._attributes_of(ss.scope)
+        containers: dict[tuple[int, int], Any] = {}
+        for i in sorted(whole.union(by_span)):
+            ri, si, ki, _, _ = ranges[i]
+            spans = containers.get((ri, si))
+            if spans is None:
+                spans = containers[(ri, si)] = request.resource_spans[ri].scope_spans[si].spans
+            targets = by_span.get(i)
+            if targets is None:  # as a message, with what the scans found in it
+                changed |= self._span_with(spans[ki], scanner if i in by_span else None, i in whole)
+            else:
+                changed |= self._span_targets(raw, spans, ki, targets, scanner)  # type: ignore[arg-type]
+        return changed
+
+    def _span_targets(self, raw: bytes, spans: Any, index: int, targets: list[Target], scanner: Scanner) -> bool:
+        """The attributes of span `index` of `spans` that hold a pattern candidate, decided from
+        their bytes (`_decide`); the span is touched only to write, or to read an attribute whose
+        encoding is unusual."""
+        cache, tally = self._decisions, self._tally
+        changed = False
+        span = None
+        for attribute, start, end in targets:
+            entry = raw[start:end]
+            decision = cache.get(entry)
+            if decision is None:
+                decision = self._decide(entry, scanner)
+            action, redacted, counts = decision
+            for kind, n in counts:
+                tally[kind] = tally.get(kind, 0) + n
+            if action == _UNCHANGED:
+                continue
+            if span is None:
+                span = spans[index]
+            if action == _REPLACE:
+                span.attributes[attribute].value.string_value = redacted
+                changed = True
+            elif action == _AS_MESSAGE:
+                kv = span.attributes[attribute]
+                role = self._roles(kv.key)
+                if role == SCAN:
+                    changed |= self._value(kv.value, None, scanner)
+                elif role == CONTENT:
+                    return self._span(span) or changed
+            else:  # content, whose spans go the message way: defensive
+                return self._span(span) or changed
+        return changed
+
+    def _decide(self, entry: bytes, scanner: Scanner) -> tuple[int, str | None, tuple[tuple[str, int], ...]]:
+        """What to do with an attribute, from its KeyValue encoding: (action, the new string value,
+        the counts it causes). Remembered for short entries: the same address, host or URL recurs
+        in span after span under the same key, and a repeat then costs one dict lookup (its counts
+        are added again on every repeat)."""
+        located = key_value(entry)
+        decision: tuple[int, str | None, tuple[tuple[str, int], ...]]
+        if located is None:
+            decision = (_AS_MESSAGE, None, ())
+        else:
+            key_start, key_end, value_start, value_end = located
+            role = self._roles(entry[key_start:key_end].decode())
+            if role == ALLOW:
+                decision = (_UNCHANGED, None, ())
+            elif role == CONTENT:
+                decision = (_CONTENT_ROLE, None, ())
+            else:
+                text = entry[value_start:value_end].decode()
+                tally, self._tally = self._tally, {}
+                try:
+                    redacted = self._text(text, None, scanner)
+                    counts = tuple(self._tally.items())
+                finally:
+                    self._tally = tally
+                decision = (_UNCHANGED, None, counts) if redacted is text else (_REPLACE, redacted, counts)
+        if len(entry) <= _MAX_CACHED_ENTRY:
+            if len(self._decisions) >= _MAX_CACHED_ENTRIES:
+                self._decisions.clear()
+            self._decisions[entry] = decision
+        return decision
+
     def redact_span(self, span: Span) -> bool:
+        """Redact one span in place; True if anything changed."""
+        changed = self._span(span)
+        self._flush()
+        return changed
+
+    def _span(self, span: Span) -> bool:
         scanner, content = self._needs(span)
+        return self._span_with(span, scanner, content)
+
+    def _span_with(self, span: Span, scanner: Scanner | None, content: bool) -> bool:
+        """`span` as a message: patterns with `scanner`, content rules if `content`."""
         if scanner is None and not content:
             return False
         changed = False
@@ -198,13 +347,19 @@ class Redactor:
             for sl in rl.scope_logs:
                 changed |= self._attributes_of(sl.scope)
                 for record in sl.log_records:
-                    changed |= self.redact_log_record(record)
+                    changed |= self._log_record(record)
+        self._flush()
         return changed
 
     def redact_log_record(self, record: LogRecord) -> bool:
         """The body of a GenAI event (`gen_ai.user.message`, `gen_ai.choice`, ...) is content;
         any other body is scanned for patterns."""
-        changed = self.redact_attributes(record.attributes)
+        changed = self._log_record(record)
+        self._flush()
+        return changed
+
+    def _log_record(self, record: LogRecord) -> bool:
+        changed = self._attributes(record.attributes, self._scanner, self._mode != "keep")
         if record.HasField("body"):
             if self._mode != "keep" and _is_genai_event(record):
                 if self._mode == "drop":
@@ -212,24 +367,30 @@ class Redactor:
                     self._count("content_drop")
                     return True
                 changed |= self._content_value(record.body, self._scanner)
-            else:
-                changed |= self.redact_anyvalue(record.body)
+            elif self._scanner is not None:
+                changed |= self._value(record.body, None, self._scanner)
         return changed
 
     # -- attributes and values ------------------------------------------------------------
 
     def redact_attributes(self, attributes: Any) -> bool:
         """Redact a repeated `KeyValue` field in place (content rules by key, then patterns)."""
-        return self._attributes(attributes, self._scanner, self._mode != "keep")
+        changed = self._attributes(attributes, self._scanner, self._mode != "keep")
+        self._flush()
+        return changed
 
     def redact_anyvalue(self, value: AnyValue) -> bool:
         """Replace pattern matches in every string of `value` (nested arrays and key-value lists
         too; their keys are not looked at). True if anything changed."""
-        return self._scanner is not None and self._value(value, None, self._scanner)
+        changed = self._scanner is not None and self._value(value, None, self._scanner)
+        self._flush()
+        return changed
 
     def redact_text(self, text: str) -> str:
         """`text` with pattern matches replaced (JSON-aware); the same object when unchanged."""
-        return self._text(text, None, self._scanner)
+        redacted = self._text(text, None, self._scanner)
+        self._flush()
+        return redacted
 
     def _attributes_of(self, message: Any) -> bool:
         """The attributes of a resource or a scope, if its gates say they may need it."""
@@ -376,6 +537,15 @@ def _gate(patterns: list[str]) -> Callable[[bytes], bool]:
     def finds(data: bytes) -> bool:
         return match(_UNANCHORED, data, 0, len(data))[0][0] >= 0
     return finds
+
+
+def _finder(patterns: list[str]) -> Callable[[bytes, int, int], int]:
+    """Where the first match of any of `patterns` in data[start:end] starts (-1: none)."""
+    match = compile_re2("|".join(patterns)).Match
+
+    def find(data: bytes, start: int, end: int) -> int:
+        return match(_UNANCHORED, data, start, end)[0][0]
+    return find
 
 
 def _escapes_may_hide(text: str) -> bool:

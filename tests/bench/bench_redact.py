@@ -20,6 +20,11 @@ them in place, so each timed pass gets fresh copies):
 For each: spans/s through normalize + price + llm_metrics alone, then with redact last in the
 chain (content keep, hash, truncate, drop), and the redactor's own microseconds per span. The
 best of 5 passes is printed (CPU time of this process), so other load on the machine matters less.
+
+Then `bench_gateway.py`'s request pool (100 spans per request; `--llm-share` 0, 0.5, 1; its plain
+spans carry IPv4 addresses in `client.address` and `network.peer.address`): the redactor alone,
+decided from the received bytes (`raw`, what the pipeline passes) and span by span (no `raw`,
+what a route's copy gets and what every request got before), alternating in one process.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from gateway.batch import Batch, RequestContext, count_spans  # noqa: E402
 from gateway.config import parse  # noqa: E402
 from gateway.pipeline import build_processors  # noqa: E402
 from gateway.processors import Processor  # noqa: E402
+from gateway.processors.redact import Config, Redactor  # noqa: E402
 from gateway.redaction.keys import is_content  # noqa: E402
 from gateway.telemetry import Metrics  # noqa: E402
+from tests.bench.bench_gateway import build_pool  # noqa: E402
 from tests.conftest import FIXTURES, TRACE_FIXTURES, read_records  # noqa: E402
 
 _WORDS = ("the quick brown fox jumps over the lazy dog while we summarize OpenTelemetry traces of "
@@ -113,6 +120,21 @@ def _time(bodies: list[bytes], chain: list[Processor], rounds: int, last_only: b
     return best / spans
 
 
+def _time_paths(pool: list[bytes], mode: str) -> tuple[float, float]:
+    """Best CPU microseconds per span of the redactor from the bytes and span by span, alternating."""
+    spans = sum(count_spans(ExportTraceServiceRequest.FromString(b)) for b in pool)
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(5):
+        for from_bytes in (True, False):
+            redactor = Redactor(Config(enabled=True, content=mode, hash_secret="bench-secret-0123456789"), Metrics())
+            requests = [ExportTraceServiceRequest.FromString(b) for b in pool]
+            start = time.process_time()
+            for request, body in zip(requests, pool):
+                redactor.redact_traces_request(request, body if from_bytes else None)
+            best[from_bytes] = min(best[from_bytes], time.process_time() - start)
+    return best[True] / spans * 1e6, best[False] / spans * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20, help="copies of the fixture requests per pass")
@@ -139,6 +161,13 @@ def main() -> int:
             alone = _time(bodies, chain(), rounds, True)
             print(f"  {'redact ' + mode:<15} {1 / whole:>9,.0f} spans/s   redactor alone {alone * 1e6:6.1f} us/span "
                   f"({1 / alone:,.0f} spans/s)")
+    print("bench_gateway.py's pool, 50 requests of 100 spans: the redactor alone, us per span")
+    for share in (0.0, 0.5, 1.0):
+        pool = build_pool(50, 100, 1, share)
+        for mode in ("keep", "hash"):
+            from_bytes, by_span = _time_paths(pool, mode)
+            print(f"  llm-share {share:<3} content {mode:<5} from the bytes {from_bytes:6.2f}   span by span {by_span:6.2f}"
+                  f"   ({by_span / from_bytes:.1f}x)")
     return 0
 
 
