@@ -144,6 +144,14 @@ class Pipeline:
         deliveries = flow.routers[batch.signal.name].route(batch)
         if not deliveries:
             return  # counted by the router
+        if len(deliveries) == 1 and len(deliveries[0][1]) == 1 and not deliveries[0][1][0].durable:
+            # One memory queue takes the whole batch (one sink, or one route): what the general
+            # path below decides for it, without its lists and futures (a per-request cost).
+            part, (driver,) = deliveries[0]
+            if not driver.can_take(part):
+                raise Refused(f"sink queue full ({_reasons([driver])}); retry later", retry_after=_RETRY_AFTER_S)
+            driver.put(part)
+            return
         self._serialize_for_disk(deliveries)
         fulls = []
         for part, targets in deliveries:

@@ -84,10 +84,27 @@ class Admission:
         self.bytes -= size
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Accepted:
     rejected: int
     error_message: str
+
+
+ALL_ACCEPTED = Accepted(0, "")  # the answer to most requests: one shared instance, never changed
+
+
+class _Hot:
+    """The counter children every accepted request of one protocol and signal touches, looked up
+    once: prometheus-client's `labels(...)` validates the label values and takes a lock on every
+    call, about 2-3 us each, three times per request (tests/bench/RESULTS.md, issue 15 "small
+    requests"). prometheus-client never drops a child, so a cached one stays the family's."""
+
+    __slots__ = ("accepted_items", "accepted", "partial")
+
+    def __init__(self, metrics: Metrics, protocol: str, signal: Signal) -> None:
+        self.accepted_items = metrics.signals[signal.name].receiver_accepted.labels(protocol)
+        self.accepted = metrics.receiver_requests.labels(protocol, "accepted")
+        self.partial = metrics.receiver_requests.labels(protocol, "partial")
 
 
 class Intake:
@@ -99,6 +116,14 @@ class Intake:
         self._refusals_unlogged = 0
         self._refusal_logged_at = float("-inf")
         self._loop_logged_at = float("-inf")
+        self._hot: dict[tuple[str, str], _Hot] = {}
+        self._latency: dict[str, Any] = {}
+
+    def _hot_for(self, protocol: str, signal: Signal) -> _Hot:
+        hot = self._hot.get((protocol, signal.name))
+        if hot is None:
+            hot = self._hot[(protocol, signal.name)] = _Hot(self._metrics, protocol, signal)
+        return hot
 
     @property
     def metrics(self) -> Metrics:
@@ -219,8 +244,13 @@ class Intake:
                 counters.receiver_refused.labels(protocol, exc.reason).inc(kept)
                 m.receiver_requests.labels(protocol, "refused").inc()
                 raise
-            counters.receiver_accepted.labels(protocol).inc(kept)
-        m.receiver_requests.labels(protocol, "partial" if rejected else "accepted").inc()
+        hot = self._hot_for(protocol, signal)
+        if kept:
+            hot.accepted_items.inc(kept)
+        if not rejected:
+            hot.accepted.inc()
+            return ALL_ACCEPTED
+        hot.partial.inc()
         return Accepted(rejected, message)
 
     def _looped(self, request: Any, context: RequestContext, signal: Signal) -> Accepted:
@@ -247,7 +277,10 @@ class Intake:
         self._metrics.signals[signal.name].receiver_rejected.labels(protocol, reason).inc(items)
 
     def observe_latency(self, protocol: str, seconds: float) -> None:
-        self._metrics.receiver_request_duration.labels(protocol).observe(seconds)
+        child = self._latency.get(protocol)
+        if child is None:
+            child = self._latency[protocol] = self._metrics.receiver_request_duration.labels(protocol)
+        child.observe(seconds)
 
 
 def _via(value: str | None) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from gateway.configtypes import split_endpoint
 from gateway.errors import RateLimited, Refused
 from gateway.otlp.signals import SIGNALS, Signal
 from gateway.receivers.auth import Unauthenticated
-from gateway.receivers.intake import Admission, Intake, describe_decode_error
+from gateway.receivers.intake import ALL_ACCEPTED, Admission, Intake, describe_decode_error
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import grpc_server_credentials
 from gateway.service import worker_id
@@ -159,6 +159,8 @@ class OtlpGrpcReceiver:
                 ("grpc-status-details-bin", _status_details(code, str(exc), exc.retry_after)),))
         except LimitExceeded as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if exc.too_large else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if accepted is ALL_ACCEPTED:
+            return b""  # an empty Export*ServiceResponse: the answer to a request accepted whole
         return signal.response_for(accepted.rejected, accepted.error_message).SerializeToString()
 
 

@@ -41,7 +41,7 @@ from gateway.otlp.json_codec import OtlpJsonError, encode_message
 from gateway.otlp.signals import SIGNALS, TRACES, Signal
 from gateway.receivers.auth import Unauthenticated
 from gateway.receivers.connections import ConnectionGuard, default_backlog, default_max_connections
-from gateway.receivers.intake import Admission, Intake, describe_decode_error
+from gateway.receivers.intake import ALL_ACCEPTED, Admission, Intake, describe_decode_error
 from gateway.receivers.langfuse_ingestion import LangfuseIngestion
 from gateway.receivers.limits import LimitExceeded
 from gateway.receivers.tls import server_ssl_context
@@ -62,6 +62,19 @@ _GRPC_CODE_FOR_HTTP = {
 
 def _encode(message: object, as_json: bool) -> bytes:
     return encode_message(message) if as_json else message.SerializeToString()  # type: ignore[attr-defined]
+
+
+_ACCEPTED_BODIES: dict[tuple[str, bool], bytes] = {}
+
+
+def _accepted_body(signal: Signal, as_json: bool) -> bytes:
+    """The answer to a request accepted whole (an empty `Export*ServiceResponse`), encoded once
+    per signal and encoding: most requests get it, and building it was a per-request cost."""
+    key = (signal.name, as_json)
+    body = _ACCEPTED_BODIES.get(key)
+    if body is None:
+        body = _ACCEPTED_BODIES[key] = _encode(signal.response_for(0, ""), as_json)
+    return body
 
 
 def _error(status: int, message: str, as_json: bool, headers: dict[str, str] | None = None) -> web.Response:
@@ -224,5 +237,8 @@ class OtlpHttpReceiver:
             return _error(status, str(exc), as_json, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
         except LimitExceeded as exc:
             return _error(413 if exc.too_large else 400, str(exc), as_json)
-        response = signal.response_for(accepted.rejected, accepted.error_message)
-        return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)
+        if accepted is ALL_ACCEPTED:
+            body = _accepted_body(signal, as_json)
+        else:
+            body = _encode(signal.response_for(accepted.rejected, accepted.error_message), as_json)
+        return web.Response(body=body, content_type=JSON if as_json else PROTOBUF)
