@@ -327,6 +327,11 @@ class LoadBalancer:
     def has_room(self, batch: Batch) -> bool:
         return self.can_take(batch)
 
+    def still_full(self) -> bool:
+        """As a driver's (`SinkDriver.still_full`): a batch is taken only when every live backend
+        takes its part, so one backend still full is enough to refuse before decoding."""
+        return not self._closing and any(b.driver.still_full() for b in self._live() if not b.down)
+
     def put(self, batch: Batch) -> "asyncio.Future[Any] | None":
         if self._closing or not self._ring.endpoints:
             self._drop(batch.items, "shutdown" if self._closing else "no_backend")
