@@ -8,9 +8,17 @@ the request in place; sinks only read it (a sink that must change spans copies t
 because one batch is shared by every sink a route fans out to.
 
 `raw` holds the bytes the request was received as, while they still equal `request`: a sink
-writing protobuf then writes them instead of serializing again. Whoever edits the request
-clears it: a processor that wrote anything sets `batch.raw = None` (a test holds every
-registered processor to that), and a receiver never sets it when it removed invalid spans.
+writing protobuf then writes them instead of serializing again. The contract for whoever edits
+the request (a test holds every registered processor to it):
+- an edit inside existing spans (attributes added, changed or removed, a span field set) is
+  announced with `batch.touch(resource index, scope index, span index)` for each span edited;
+- any other edit (resource or scope attributes, spans added, removed or moved) sets
+  `batch.raw = None`; so does a processor that does not know which spans it edited.
+After a `touch`, `raw` reads None (the bytes no longer equal the request) but the received bytes
+stay (`received`), valid for every untouched span: `serialized()` then re-encodes only the
+touched spans and splices them into the received bytes (`gateway.otlp.wire.splice`), which is
+what `SerializeToString()` would give whenever the received bytes were upb's canonical encoding.
+A receiver never sets `raw` when it removed invalid spans.
 
 `llm_calls` is what the normalizer found (None until it ran), so the pricer and the LLM metrics
 work on those spans only, without reading attributes again.
@@ -25,6 +33,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.otlp.signals import TRACES, Signal, count_spans
+from gateway.otlp.wire import splice
 
 if TYPE_CHECKING:
     from gateway.llm.call import LlmCall
@@ -49,17 +58,84 @@ class RequestContext:
     via: tuple[str, ...] = ()  # otelgate instances the data already passed through (VIA_HEADER)
 
 
-@dataclass(slots=True)
 class Batch:
-    request: ExportTraceServiceRequest  # or ExportLogsServiceRequest / ExportMetricsServiceRequest, per `signal`
-    items: int  # spans, log records or metric data points
-    context: RequestContext
-    raw: bytes | None = None
-    llm_calls: "list[LlmCall] | None" = None  # set by the normalizer: one per provider call
-    signal: Signal = TRACES
+    """One export request on its way through the pipeline (see the module docstring)."""
+
+    __slots__ = ("request", "items", "context", "llm_calls", "signal", "_raw", "_touched")
+
+    def __init__(self, request: ExportTraceServiceRequest, items: int, context: RequestContext,
+                 raw: bytes | None = None, llm_calls: "list[LlmCall] | None" = None, signal: Signal = TRACES) -> None:
+        self.request = request  # or ExportLogsServiceRequest / ExportMetricsServiceRequest, per `signal`
+        self.items = items  # spans, log records or metric data points
+        self.context = context
+        self.llm_calls = llm_calls  # set by the normalizer: one per provider call
+        self.signal = signal
+        self._raw = raw  # the received bytes: equal to the request except in the touched spans
+        self._touched: set[tuple[int, int, int]] | None = None
+
+    def __repr__(self) -> str:
+        return f"Batch({self.signal}, items={self.items}, raw={self._raw is not None}, touched={len(self.touched)})"
+
+    @property
+    def raw(self) -> bytes | None:
+        """The request's encoding, if known without serializing (None once a span was touched)."""
+        return self._raw if not self._touched else None
+
+    @raw.setter
+    def raw(self, value: bytes | None) -> None:
+        """Set to None by whoever edited the request beyond single spans; bytes: they equal the request."""
+        self._raw = value
+        self._touched = None
+
+    @property
+    def received(self) -> bytes | None:
+        """The received bytes, which still hold every span not in `touched` as it is in the request
+        (None once something other than single spans was edited)."""
+        return self._raw
+
+    @property
+    def touched(self) -> frozenset[tuple[int, int, int]]:
+        return frozenset(self._touched or ())
+
+    def is_touched(self, where: tuple[int, int, int]) -> bool:
+        touched = self._touched
+        return touched is not None and where in touched
+
+    def touch(self, ri: int, si: int, ki: int) -> None:
+        """Say that span `request.resource_spans[ri].scope_spans[si].spans[ki]` was edited in place."""
+        if self._raw is None:
+            return  # the whole request is serialized anyway
+        if self._touched is None:
+            self._touched = set()
+        self._touched.add((ri, si, ki))
 
     def serialized(self) -> bytes:
-        return self.raw if self.raw is not None else self.request.SerializeToString()
+        """The request's protobuf encoding: the received bytes, with the touched spans spliced in
+        (or a whole serialization when most spans were touched or the framing is unusual).
+
+        Sinks call this from their threads, possibly at once: the splice is stored as the new
+        received bytes before the touched set is cleared, and read in the opposite order, so a
+        reader sees either the old bytes with the old set or the new bytes (re-splicing the same
+        spans into the new bytes gives the same bytes)."""
+        touched = self._touched
+        raw = self._raw
+        if raw is None:
+            return self.request.SerializeToString()
+        if not touched:
+            return raw
+        if 2 * len(touched) > self.items or self.signal is not TRACES:
+            return self.request.SerializeToString()  # most spans re-encoded: one serialization is cheaper
+        rss = self.request.resource_spans
+        try:
+            spliced = splice(raw, {(ri, si, ki): rss[ri].scope_spans[si].spans[ki].SerializeToString()
+                                   for ri, si, ki in touched})
+        except IndexError:  # a span index the request no longer has: the contract was broken
+            spliced = None
+        if spliced is None:
+            return self.request.SerializeToString()
+        self._raw = spliced
+        self._touched = None
+        return spliced
 
 
 __all__ = ["Batch", "RequestContext", "count_spans"]
