@@ -111,31 +111,31 @@ class Batch:
 
     def serialized(self) -> bytes:
         """The request's protobuf encoding: the received bytes, with the touched spans spliced in
-        (or a whole serialization when most spans were touched or the framing is unusual).
+        (or a whole serialization when most spans were touched or the framing is unusual). The
+        result is kept as the new `raw`: sinks only read the request, and a sink may ask twice
+        (its size, then its body).
 
-        Sinks call this from their threads, possibly at once: the splice is stored as the new
-        received bytes before the touched set is cleared, and read in the opposite order, so a
-        reader sees either the old bytes with the old set or the new bytes (re-splicing the same
-        spans into the new bytes gives the same bytes)."""
+        Sinks call this from their threads, possibly at once: the new bytes are stored before the
+        touched set is cleared, and read in the opposite order, so a reader sees either the old
+        bytes with the old set, or the new bytes with the old set (splicing the same spans into
+        bytes that already hold them gives the same bytes), or the new bytes alone."""
         touched = self._touched
         raw = self._raw
-        if raw is None:
-            return self.request.SerializeToString()
-        if not touched:
+        if raw is not None and not touched:
             return raw
-        if 2 * len(touched) > self.items or self.signal is not TRACES:
-            return self.request.SerializeToString()  # most spans re-encoded: one serialization is cheaper
-        rss = self.request.resource_spans
-        try:
-            spliced = splice(raw, {(ri, si, ki): rss[ri].scope_spans[si].spans[ki].SerializeToString()
-                                   for ri, si, ki in touched})
-        except IndexError:  # a span index the request no longer has: the contract was broken
-            spliced = None
-        if spliced is None:
-            return self.request.SerializeToString()
-        self._raw = spliced
+        out = None
+        if raw is not None and 2 * len(touched) <= self.items and self.signal is TRACES:  # type: ignore[arg-type]
+            rss = self.request.resource_spans
+            try:
+                out = splice(raw, {(ri, si, ki): rss[ri].scope_spans[si].spans[ki].SerializeToString()
+                                   for ri, si, ki in touched})  # type: ignore[union-attr]
+            except IndexError:  # a span index the request no longer has: the contract was broken
+                out = None
+        if out is None:  # no bytes, most spans re-encoded anyway, or unusual framing: serialize whole
+            out = self.request.SerializeToString()
+        self._raw = out
         self._touched = None
-        return spliced
+        return out
 
 
 __all__ = ["Batch", "RequestContext", "count_spans"]
