@@ -48,7 +48,6 @@ from gateway.llm.call import (
 )
 from gateway.llm.providers import canonical_provider, infer_provider
 from gateway.logs import get_logger
-from gateway.otlp.wire import span_ranges
 from gateway.processors import Processor, ProcessorContext
 from gateway.usage.attribution import span_keys
 
@@ -767,7 +766,7 @@ class Normalizer:
             self._scan(request, _every_span(request), found)
         else:
             first = self._gate(_UNANCHORED, received, 0, len(received))[0][0]
-            ranges = span_ranges(received) if first >= 0 or batch.touched else []
+            ranges = batch.span_ranges() if first >= 0 or batch.touched else []
             if ranges is None:  # unusual framing
                 self._scan(request, _every_span(request), found)
             elif ranges:  # else no key the normalizer reads anywhere in the request: nothing to do
