@@ -37,6 +37,7 @@ def _both(process: Any, body: bytes) -> None:
     """Normalize `body` with the bytes path and with the loop over every span; compare."""
     by_bytes = ExportTraceServiceRequest.FromString(body)
     by_loop = ExportTraceServiceRequest.FromString(body)
+    process._dense = 0.0  # scan the bytes (dense traffic would switch this normalizer to the loop)
     a = process(Batch(by_bytes, count_spans(by_bytes), RequestContext("test"), raw=body))
     b = process(Batch(by_loop, count_spans(by_loop), RequestContext("test")))  # no bytes: every span
     assert by_bytes == by_loop
@@ -165,3 +166,20 @@ def test_each_key_alone_is_found(key: str) -> None:
 def test_generated_candidates_cover_the_llm_spans(body: bytes) -> None:
     request = ExportTraceServiceRequest.FromString(body)
     assert _candidates(ATTRIBUTED, body) >= _llm_spans(ATTRIBUTED, request)
+
+
+def test_dense_traffic_switches_to_the_loop_and_back() -> None:
+    """Requests of mostly LLM spans make the scan a cost: the normalizer then loops over every span,
+    probing one request in eight with the scan, and goes back to scanning when plain traffic comes."""
+    process = normalize.Normalizer(normalize.Config())
+    llm = max(_FIXTURE_BODIES, key=len)
+    for _ in range(8):
+        request = ExportTraceServiceRequest.FromString(llm)
+        process(Batch(request, count_spans(request), RequestContext("test"), raw=llm))
+    assert process._dense > normalize._DENSE
+    plain = ExportTraceServiceRequest()
+    plain.resource_spans.add().scope_spans.add().spans.add(name="GET /")
+    body = plain.SerializeToString()
+    for _ in range(40):
+        process(Batch(ExportTraceServiceRequest.FromString(body), 1, RequestContext("test"), raw=body))
+    assert process._dense < normalize._DENSE

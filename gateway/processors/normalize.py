@@ -712,6 +712,8 @@ def _put_true(span: Any, d: dict[str, Any], key: str) -> bool:
 
 _EXTRA_SHIFT = 48  # the bits of `extra_keys` sit above the normalizer's own
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+_DENSE = 0.35
+_PROBE = 8
 
 
 def _compile_gate(keys: Iterable[str]) -> Any:
@@ -748,6 +750,12 @@ class Normalizer:
         # One RE2 alternation of every key that can make a span LLM-ish, scanned over the received
         # bytes: a span without a hit is never iterated (see `_candidates`).
         self._gate = _compile_gate(k for k, bits in self._key_bits.items() if bits & _B_LLM)
+        # Share of spans the scan found candidates in, recently (a moving average): above _DENSE
+        # the loop over every span is cheaper (measured: tests/bench/RESULTS.md, "wire"), and one
+        # request in _PROBE is scanned anyway to notice when the traffic changes. Both paths give
+        # the same result; this only picks the cheaper.
+        self._dense = 0.0
+        self._requests = 0
         self._cw_keys = SEMCONV_CACHE_WRITE[config.semconv]
         self._cw_key = self._cw_keys[0]
         self.errors = 0  # spans skipped because normalizing them raised (a bug: never expected)
@@ -762,7 +770,10 @@ class Normalizer:
         request = batch.request
         found: list[_Found] = []
         received = batch.received
-        if received is None:  # no bytes (JSON intake, or edited beyond single spans): every span
+        self._requests += 1
+        if received is None or (self._dense > _DENSE and self._requests % _PROBE):
+            # No bytes (JSON intake, or edited beyond single spans), or recent requests were mostly
+            # LLM spans (the scan would cost more than it saves): every span.
             self._scan(request, _every_span(request), found)
         else:
             first = self._gate(_UNANCHORED, received, 0, len(received))[0][0]
@@ -770,7 +781,11 @@ class Normalizer:
             if ranges is None:  # unusual framing
                 self._scan(request, _every_span(request), found)
             elif ranges:  # else no key the normalizer reads anywhere in the request: nothing to do
-                self._scan(request, self._candidates(batch, received, ranges, first), found)
+                where = self._candidates(batch, received, ranges, first)
+                self._dense += (len(where) / len(ranges) - self._dense) / 4
+                self._scan(request, where, found)
+            else:
+                self._dense -= self._dense / 4
         calls: list[LlmCall] = []
         if found:
             if len(found) >= 2:
