@@ -107,5 +107,5 @@ def test_marked_spans_are_spliced_into_the_received_bytes() -> None:
                           trace_state=rng.choice(["", "a=b", "ot=th:8"]))
         body = request.SerializeToString()
         batch = sampler(Batch(request, count_spans(request), RequestContext("test"), raw=body))
-        assert batch.serialized() == request.SerializeToString()
         assert (batch.received is None) == (batch.items < count_spans(ExportTraceServiceRequest.FromString(body)))
+        assert batch.serialized() == request.SerializeToString()
