@@ -150,6 +150,8 @@ class Batch:
         and encoding it on its own) and 0.3 us per span of the request (walking the framing), worth
         2000 and 300 bytes of encoding. The touched spans' received sizes stand in for their new
         ones (the edits add a few attributes). Measured: tests/bench/RESULTS.md, "wire"."""
+        if 2000 * len(touched) + 300 * self.items >= len(raw):
+            return False  # decided without walking the framing (LLM-dense requests)
         ranges = self.span_ranges()
         if ranges is None:
             return False
