@@ -145,18 +145,20 @@ class Batch:
         return out
 
     def _worth_splicing(self, raw: bytes, touched: set[tuple[int, int, int]]) -> bool:
-        """Whether re-encoding the touched spans alone beats one whole serialization. Encoding costs
-        about the same per byte either way; the splice adds about 2 us per touched span (reaching
-        and encoding it on its own) and 0.3 us per span of the request (walking the framing), worth
-        2000 and 300 bytes of encoding. The touched spans' received sizes stand in for their new
-        ones (the edits add a few attributes). Measured: tests/bench/RESULTS.md, "wire"."""
-        if 2000 * len(touched) + 300 * self.items >= len(raw):
+        """Whether re-encoding the touched spans alone beats one whole serialization. upb encodes
+        about 1 byte per ns either way; the splice adds about 2.5 us per touched span (reaching and
+        encoding it on its own) and about 1 us per span of the request (walking the framing in
+        Python, twice), worth 2500 and 1000 bytes of encoding. So it pays only when the untouched
+        spans are large (about 1 KB or more each); a request of small plain spans is cheaper to
+        encode whole. The touched spans' received sizes stand in for their new ones (the edits add
+        a few attributes). Measured: tests/bench/RESULTS.md, "wire"."""
+        if 2500 * len(touched) + 1000 * self.items >= len(raw):
             return False  # decided without walking the framing (LLM-dense requests)
         ranges = self.span_ranges()
         if ranges is None:
             return False
         touched_bytes = sum(end - start for ri, si, ki, start, end in ranges if (ri, si, ki) in touched)
-        return touched_bytes + 2000 * len(touched) + 300 * len(ranges) < len(raw)
+        return touched_bytes + 2500 * len(touched) + 1000 * len(ranges) < len(raw)
 
 
 __all__ = ["Batch", "RequestContext", "count_spans"]
