@@ -215,7 +215,7 @@ class Pipeline:
     def _serialize_for_disk(deliveries: list[Delivery]) -> None:
         for part, targets in deliveries:
             if part.raw is None and any(d.durable for d in targets):
-                part.raw = part.request.SerializeToString()  # once, for every disk queue (and sinks after them)
+                part.raw = part.serialized()  # once (touched spans spliced in), for every disk queue and sinks after them
 
     # -- reload ------------------------------------------------------------------------------
 

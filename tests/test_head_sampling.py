@@ -10,8 +10,10 @@ from pathlib import Path
 import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.batch import count_spans
+from gateway.batch import Batch, RequestContext, count_spans
 from gateway.sampling.consistent import keep, threshold
+from gateway.sampling.head import HeadConfig, HeadSampler
+from gateway.telemetry import Metrics
 from tests.gateway_process import GatewayProcess, gateway_config, read_json_lines, spans_in, wait_for
 from tests.test_backpressure_health_metrics import metric
 
@@ -89,3 +91,21 @@ def test_sampling_priority_overrides(tmp_path: Path) -> None:
     spans = _run(tmp_path, [req.SerializeToString()], 50)
     assert sorted(s["name"] for s in spans) == ["forced"]
     assert "traceState" not in spans[0]  # kept by priority, not by probability: no threshold claimed
+
+
+def test_marked_spans_are_spliced_into_the_received_bytes() -> None:
+    """Nothing dropped: the kept spans' tracestate edits are touches, and the bytes a sink writes
+    are the edited request's; something dropped: the whole request is serialized."""
+    sampler = HeadSampler(HeadConfig(percentage=50), Metrics())
+    rng = random.Random(7)
+    for _ in range(20):
+        request = ExportTraceServiceRequest()
+        for _ in range(3):
+            spans = request.resource_spans.add().scope_spans.add().spans
+            for _ in range(rng.randrange(0, 4)):
+                spans.add(trace_id=rng.randbytes(16), span_id=rng.randbytes(8), name="s",
+                          trace_state=rng.choice(["", "a=b", "ot=th:8"]))
+        body = request.SerializeToString()
+        batch = sampler(Batch(request, count_spans(request), RequestContext("test"), raw=body))
+        assert (batch.received is None) == (batch.items < count_spans(ExportTraceServiceRequest.FromString(body)))
+        assert batch.serialized() == request.SerializeToString()

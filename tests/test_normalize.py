@@ -156,9 +156,9 @@ def assert_written(call: LlmCall) -> None:
 def assert_idempotent(req: ExportTraceServiceRequest, process: Any = NORMALIZE) -> None:
     before = req.SerializeToString()
     calls = [tokens(c) for c in run(req, process).llm_calls]
-    batch = run(req, process, raw=b"raw")
+    batch = run(req, process, raw=before)  # the bytes path: the scan finds the same calls
     assert req.SerializeToString() == before
-    assert batch.raw == b"raw"  # nothing written: the received bytes still stand
+    assert batch.raw == before  # nothing written: the received bytes still stand
     assert [tokens(c) for c in batch.llm_calls] == calls
 
 

@@ -9,6 +9,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from gateway.batch import Batch, RequestContext, count_spans
 from gateway.config import ConfigError, parse
 from gateway.llm.call import LlmCall
+from gateway.otlp.wire import splice
 from gateway.pipeline import build_processors
 from gateway.processors import ProcessorContext
 from gateway.processors.llm_metrics import Config as MetricsConfig, LlmMetrics
@@ -27,8 +28,10 @@ def _batches() -> list[tuple[bytes, Batch]]:
 
 
 @pytest.mark.parametrize("name", list(PROCESSORS))
-def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
-    """A sink writes `batch.raw` instead of the request while it is set: stale bytes would lose edits."""
+def test_a_processor_that_edits_says_what_it_edited(name: str) -> None:
+    """A sink writes the received bytes (with the touched spans spliced in) instead of serializing
+    the request: an edit not announced (`batch.touch` for an edited span, `batch.raw = None` for
+    anything else) would be lost."""
     config = parse("sinks: {a: {type: file}}\n"  # every processor on, redaction editing every LLM span
                    "pipeline: {redact: {enabled: true, content: hash, hash_secret: 0123456789abcdef}}", environ={})
     chain = build_processors(config, Metrics())
@@ -41,8 +44,15 @@ def test_a_processor_that_edits_clears_the_received_bytes(name: str) -> None:
         before = batch.request.SerializeToString()
         batch.raw = before
         batch = chain[upto - 1](batch)
-        if batch.request.SerializeToString() != before:
+        after = batch.request.SerializeToString()
+        if after != before:
             assert batch.raw is None, f"{name} edited the request but left batch.raw"
+        if batch.received is not None and batch.touched:  # below the threshold too (most fixture spans are calls)
+            rss = batch.request.resource_spans
+            spliced = splice(batch.received, {(ri, si, ki): rss[ri].scope_spans[si].spans[ki].SerializeToString()
+                                              for ri, si, ki in batch.touched})
+            assert spliced == after, f"{name} edited spans it did not touch"
+        assert batch.serialized() == after
 
 
 def test_default_chain_order() -> None:

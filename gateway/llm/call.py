@@ -83,6 +83,9 @@ class LlmCall:
     # attribution's keys the span has, one bit per dimension (None: not known, look).
     resource: Resource | None = None
     extra_mask: int | None = None
+    # Where the span is in its request, (resource, scope, span) index: a processor that edits the
+    # span says so with `batch.touch(*call.where)` (None: not known, set `batch.raw = None`).
+    where: tuple[int, int, int] | None = None
     # Filled by attribution (gateway/usage/attribution.py): who the call belongs to; None: unknown.
     tenant: str | None = None
     app: str | None = None

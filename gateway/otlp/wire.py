@@ -10,11 +10,16 @@ cannot hold an oversized value.
 
 And length prefixes for requests assembled from already encoded parts (the trace buffer's kept
 traces, the Langfuse sink's exports): `encode_varint`.
+
+And the byte-level editor (`splice`): a request whose processors edited a few spans is written as
+the received bytes with only those spans re-encoded, and the length prefixes of the ScopeSpans and
+ResourceSpans around them fixed up, instead of a whole `SerializeToString()`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 _LEN = 2  # wire type of strings, bytes and messages
 _RESOURCE_SPANS = 1  # ExportTraceServiceRequest.resource_spans
@@ -66,6 +71,73 @@ def span_ranges(raw: bytes) -> list[tuple[int, int, int, int, int]] | None:
     except (_Unusual, IndexError):
         return None
     return out
+
+
+def splice(raw: bytes, spans: dict[tuple[int, int, int], bytes]) -> bytes | None:
+    """`raw` (an ExportTraceServiceRequest) with the encoding of each span `spans` names by
+    (resource index, scope index, span index), as `span_ranges` counts them, replaced by the given
+    bytes; the enclosing ScopeSpans and ResourceSpans length prefixes are re-encoded (minimal
+    varints), every other byte is copied. None if the framing holds something unusual or an index
+    is not in `raw`: the caller serializes the whole request then.
+
+    If `raw` is upb's canonical encoding of a request and each replacement is upb's encoding of
+    that span, the result is the canonical encoding of the edited request, byte for byte (a
+    message's encoding is its fields in order, each submessage prefixed with its length)."""
+    nested: dict[int, dict[int, dict[int, bytes]]] = {}
+    for (ri, si, ki), body in spans.items():
+        nested.setdefault(ri, {}).setdefault(si, {})[ki] = body
+    try:
+        out, found = _rebuild(raw, 0, len(raw), _RESOURCE_SPANS, nested, 2)
+    except (_Unusual, IndexError):
+        return None
+    return out if found == len(spans) else None
+
+
+def _rebuild(buf: bytes, pos: int, end: int, number: int, edits: dict[int, Any], depth: int) -> tuple[bytes, int]:
+    """buf[pos:end] with the `number` fields named (by their index among those fields) in `edits`
+    replaced: at depth 0 by the bytes `edits` holds, above by their own rebuilt contents. Returns
+    the bytes and how many depth-0 replacements were made."""
+    pieces: list[bytes] = []
+    copied = pos  # buf[copied:here] not yet in pieces
+    index = found = 0
+    while pos < end:
+        tag_start = pos
+        tag = buf[pos]
+        tag, pos = (tag, pos + 1) if tag < 0x80 else _varint(buf, pos)
+        wire_type = tag & 7
+        if wire_type == _LEN:
+            tag_end = pos
+            length, pos = _varint(buf, pos)
+            start, pos = pos, pos + length
+            if pos > end:
+                raise _Unusual()
+            if tag >> 3 == number:
+                edit = edits.get(index)
+                if edit is not None:
+                    if depth:
+                        body, n = _rebuild(buf, start, pos, _SPANS if depth == 1 else _SCOPE_SPANS, edit, depth - 1)
+                    else:
+                        body, n = edit, 1
+                    found += n
+                    pieces.append(buf[copied:tag_end])
+                    pieces.append(encode_varint(len(body)))
+                    pieces.append(body)
+                    copied = pos
+                index += 1
+        elif wire_type == 0:
+            _, pos = _varint(buf, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise _Unusual()
+    if pos != end:
+        raise _Unusual()
+    if not pieces:
+        return buf[copied:end], found
+    pieces.append(buf[copied:end])
+    return b"".join(pieces), found
 
 
 def encode_varint(n: int) -> bytes:

@@ -1,7 +1,13 @@
 """Processors: plain callables `Processor(batch) -> batch`, run in order on every batch.
 
-They edit the batch's request in place and touch only the keys they need; one that changed
-anything sets `batch.raw = None`, so no sink writes the stale received bytes. Each processor
+They edit the batch's request in place and touch only the keys they need, and say what they
+edited, so no sink writes stale received bytes (the contract, in gateway/batch.py):
+- an edit inside an existing span: `batch.touch(ri, si, ki)` for that span (for an LLM call's
+  span: `touch(batch, call)`); a sink then writes the received bytes with only the touched spans
+  re-encoded;
+- anything else (resource or scope attributes, spans added, removed or reordered, or not knowing
+  which spans): `batch.raw = None`, and the whole request is serialized.
+A test holds every registered processor to it. Each processor
 module exposes `Config` (its pydantic model under `pipeline.<name>`) and
 `create(config, context) -> Processor`; classes do their setup (tables, caches, regexes) in
 `create`, so a bad option fails at load, never on the first span.
@@ -17,6 +23,15 @@ from gateway.batch import Batch
 from gateway.telemetry import Metrics
 
 Processor = Callable[[Batch], Batch]
+
+
+def touch(batch: Batch, call: Any) -> None:
+    """Say that the span of `call` (an LlmCall) was edited in place."""
+    where = call.where
+    if where is None:
+        batch.raw = None  # a call made without the normalizer's index: the whole request is serialized
+    else:
+        batch.touch(*where)
 
 
 @dataclass(slots=True)

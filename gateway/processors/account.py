@@ -18,7 +18,7 @@ from gateway.batch import Batch
 from gateway.budgets.alerter import EXCEEDED, exceeded_names
 from gateway.configtypes import StrictModel
 from gateway.llm.call import LlmCall
-from gateway.processors import Processor, ProcessorContext
+from gateway.processors import Processor, ProcessorContext, touch
 from gateway.usage.attribution import AttributionConfig, Attributor
 
 
@@ -41,18 +41,21 @@ class Account:
         if not calls:
             return batch
         if self.attributor.attribute(calls, batch.context.tenant):
-            batch.raw = None
+            for call in calls:  # it writes on call spans only; which of them it does not say
+                touch(batch, call)
         recorder = self.recorder
         if recorder is not None:
             recorder.record(calls)
-            if recorder.exceeded and _mark_exceeded(recorder.exceeded, calls):
-                batch.raw = None
+            if recorder.exceeded:
+                for call in _mark_exceeded(recorder.exceeded, calls):
+                    touch(batch, call)
         return batch
 
 
-def _mark_exceeded(exceeded: dict[str, Any], calls: list[LlmCall]) -> bool:
-    """`otelgate.budget.exceeded=<name>[,<name>...]` on the calls that count toward an exceeded budget."""
-    changed = False
+def _mark_exceeded(exceeded: dict[str, Any], calls: list[LlmCall]) -> list[LlmCall]:
+    """`otelgate.budget.exceeded=<name>[,<name>...]` on the calls that count toward an exceeded
+    budget; returns the calls it wrote on."""
+    changed = []
     for call in calls:
         names = exceeded_names(exceeded, call)
         if names is not None:
@@ -61,7 +64,7 @@ def _mark_exceeded(exceeded: dict[str, Any], calls: list[LlmCall]) -> bool:
                 kv = call.span.attributes.add()
                 kv.key = EXCEEDED
             kv.value.string_value = names
-            changed = True
+            changed.append(call)
     return changed
 
 

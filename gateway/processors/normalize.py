@@ -29,10 +29,12 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import orjson
+import re2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from pydantic import Field
 
@@ -264,7 +266,7 @@ class _Found:
     """One LLM-ish span: its call (if it is one) and what the batch-wide decisions need."""
 
     __slots__ = ("span", "attrs", "role", "call", "input_raw", "has_usage", "trace_id", "span_id", "parent_id",
-                 "response_id", "marked_dup", "duplicate_of", "exact", "scope", "call_below")
+                 "response_id", "marked_dup", "duplicate_of", "exact", "scope", "call_below", "where")
 
     def __init__(self, span: Any, attrs: dict[str, Any], role: int, call: LlmCall | None = None,
                  input_raw: int | None = None, has_usage: bool = False) -> None:
@@ -281,6 +283,7 @@ class _Found:
         self.exact = 0  # concepts whose canonical attribute already holds the value (_B_* bits)
         self.scope = ""  # instrumentation scope name
         self.call_below = False  # another call span lies below this one (set by _resolve)
+        self.where = (0, 0, 0)  # (resource, scope, span) index in the request, for Batch.touch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,6 +711,31 @@ def _put_true(span: Any, d: dict[str, Any], key: str) -> bool:
 
 
 _EXTRA_SHIFT = 48  # the bits of `extra_keys` sit above the normalizer's own
+_UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
+_DENSE = 0.35
+_PROBE = 8
+
+
+def _compile_gate(keys: Iterable[str]) -> Any:
+    """The low-level RE2 `.Match` of an alternation of `keys` (literal, Latin-1: any byte is a
+    character, so no invalid UTF-8 around a key can hide it)."""
+    options = re2.Options()
+    options.encoding = re2.Options.Encoding.LATIN1
+    options.log_errors = False
+    options.max_mem = 32 << 20
+    pattern = "|".join(re.escape(k) for k in sorted(keys, key=lambda k: (-len(k), k)))
+    compiled = re2._re2.RE2(pattern.encode(), options)
+    if not compiled.ok():
+        raise ValueError(compiled.error().decode(errors="replace"))
+    return compiled.Match
+
+
+def _every_span(request: Any) -> Iterator[tuple[int, int, int]]:
+    """(resource, scope, span) index of every span of `request`, in order: the path without bytes."""
+    for ri, rs in enumerate(request.resource_spans):
+        for si, ss in enumerate(rs.scope_spans):
+            for ki in range(len(ss.spans)):
+                yield ri, si, ki
 
 
 class Normalizer:
@@ -719,6 +747,15 @@ class Normalizer:
         self._key_bits = dict(_KEY_BITS)
         for key, bits in (extra_keys or {}).items():
             self._key_bits[key] = self._key_bits.get(key, 0) | (bits << _EXTRA_SHIFT)
+        # One RE2 alternation of every key that can make a span LLM-ish, scanned over the received
+        # bytes: a span without a hit is never iterated (see `_candidates`).
+        self._gate = _compile_gate(k for k, bits in self._key_bits.items() if bits & _B_LLM)
+        # Share of spans the scan found candidates in, recently (a moving average): above _DENSE
+        # the loop over every span is cheaper (measured: tests/bench/RESULTS.md, "wire"), and one
+        # request in _PROBE is scanned anyway to notice when the traffic changes. Both paths give
+        # the same result; this only picks the cheaper.
+        self._dense = 0.0
+        self._requests = 0
         self._cw_keys = SEMCONV_CACHE_WRITE[config.semconv]
         self._cw_key = self._cw_keys[0]
         self.errors = 0  # spans skipped because normalizing them raised (a bug: never expected)
@@ -730,43 +767,25 @@ class Normalizer:
             _log.error("normalize failed; span left unchanged", exc_info=True, step=where, errors=self.errors)
 
     def __call__(self, batch: Batch) -> Batch:
-        found: list[_Found] = []
-        key_bits = self._key_bits
-        examine = self._examine
         request = batch.request
-        for rs in request.resource_spans:
-            service: str | None = None
-            resource = None
-            for ss in rs.scope_spans:
-                scope: str | None = None
-                for span in ss.spans:
-                    d: dict[str, Any] = {}
-                    mask = 0
-                    for kv in span.attributes:
-                        k = kv.key
-                        if k in key_bits:
-                            d[k] = kv
-                            mask |= key_bits[k]
-                    if not mask & _B_LLM:
-                        continue  # not an LLM span: the common case
-                    if scope is None:
-                        scope = ss.scope.name
-                    try:
-                        f = examine(span, d, mask, scope)
-                    except Exception:
-                        self._failed("examine")
-                        continue
-                    if f is None:
-                        continue
-                    f.scope = scope
-                    if f.call is not None:
-                        if service is None:
-                            service = _service(rs)
-                            resource = rs.resource
-                        f.call.service = service
-                        f.call.resource = resource
-                        f.call.extra_mask = mask >> _EXTRA_SHIFT
-                    found.append(f)
+        found: list[_Found] = []
+        received = batch.received
+        self._requests += 1
+        if received is None or (self._dense > _DENSE and self._requests % _PROBE):
+            # No bytes (JSON intake, or edited beyond single spans), or recent requests were mostly
+            # LLM spans (the scan would cost more than it saves): every span.
+            self._scan(request, _every_span(request), found)
+        else:
+            first = self._gate(_UNANCHORED, received, 0, len(received))[0][0]
+            ranges = batch.span_ranges() if first >= 0 or batch.touched else []
+            if ranges is None:  # unusual framing
+                self._scan(request, _every_span(request), found)
+            elif ranges:  # else no key the normalizer reads anywhere in the request: nothing to do
+                where = self._candidates(batch, received, ranges, first)
+                self._dense += (len(where) / len(ranges) - self._dense) / 4
+                self._scan(request, where, found)
+            else:
+                self._dense -= self._dense / 4
         calls: list[LlmCall] = []
         if found:
             if len(found) >= 2:
@@ -774,22 +793,94 @@ class Normalizer:
                     self._resolve(request, found)
                 except Exception:
                     self._failed("resolve")
-            changed = False
             write = self._write
             for f in found:
                 try:
-                    if write(f):
-                        changed = True
+                    changed = write(f)
                 except Exception:
                     self._failed("write")
-                    changed = True
+                    batch.touch(*f.where)  # it may have written part
                     continue
+                if changed:
+                    batch.touch(*f.where)  # the received bytes still hold every other span
                 if f.role == _CALL:
                     calls.append(f.call)  # type: ignore[arg-type]
-            if changed:
-                batch.raw = None  # the received bytes no longer match the request
         batch.llm_calls = calls
         return batch
+
+    def _candidates(self, batch: Batch, raw: bytes, ranges: list[tuple[int, int, int, int, int]],
+                    p: int) -> list[tuple[int, int, int]]:
+        """The spans whose received bytes hold a key the normalizer reads, in request order (one
+        scan of the request; each hit skips to the end of its span), plus the spans an earlier
+        processor touched (their received bytes are stale). A key is plain bytes on the wire, so
+        a span without a hit has no such attribute: the examination would skip it anyway. `p` is
+        the first hit (-1: none)."""
+        match = self._gate
+        starts = [r[3] for r in ranges]
+        end = len(raw)
+        out: list[tuple[int, int, int]] = []
+        while p >= 0:
+            i = bisect_right(starts, p) - 1
+            if i >= 0 and p < ranges[i][4]:  # in span i (else in a resource or scope: look further)
+                ri, si, ki, _, pos = ranges[i]
+                out.append((ri, si, ki))
+            else:
+                pos = p + 1
+            p = match(_UNANCHORED, raw, pos, end)[0][0]
+        touched = batch.touched
+        if touched:
+            out = sorted(set(out) | touched)
+        return out
+
+    def _scan(self, request: Any, where: Iterable[tuple[int, int, int]], found: list[_Found]) -> None:
+        """Examine the spans at `where` (request order) whose attributes hold an LLM key."""
+        key_bits = self._key_bits
+        examine = self._examine
+        resource_spans = request.resource_spans
+        last_rs = last_ss = -1
+        rs = ss = spans = None
+        service: str | None = None
+        resource = None
+        scope: str | None = None
+        for where_ in where:
+            ri, si, ki = where_
+            if ri != last_rs:
+                rs, last_rs, last_ss = resource_spans[ri], ri, -1
+                service = resource = None
+            if si != last_ss:
+                ss, last_ss = rs.scope_spans[si], si  # type: ignore[union-attr]
+                spans = ss.spans
+                scope = None
+            span = spans[ki]  # type: ignore[index]
+            d: dict[str, Any] = {}
+            mask = 0
+            for kv in span.attributes:
+                k = kv.key
+                if k in key_bits:
+                    d[k] = kv
+                    mask |= key_bits[k]
+            if not mask & _B_LLM:
+                continue  # not an LLM span: the common case
+            if scope is None:
+                scope = ss.scope.name  # type: ignore[union-attr]
+            try:
+                f = examine(span, d, mask, scope)
+            except Exception:
+                self._failed("examine")
+                continue
+            if f is None:
+                continue
+            f.scope = scope
+            f.where = where_
+            if f.call is not None:
+                if service is None:
+                    service = _service(rs)
+                    resource = rs.resource  # type: ignore[union-attr]
+                f.call.service = service
+                f.call.resource = resource
+                f.call.extra_mask = mask >> _EXTRA_SHIFT
+                f.call.where = where_
+            found.append(f)
 
     # -- per span -------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from gateway.llm.call import (
 from gateway.llm.pricing import Override, PriceTable, Quote, RefreshConfig
 from gateway.logs import get_logger
 from gateway.otlp.anyvalue import number
-from gateway.processors import Processor, ProcessorContext
+from gateway.processors import Processor, ProcessorContext, touch
 
 _log = get_logger("processor.price")
 
@@ -78,12 +78,9 @@ class PriceProcessor:
         calls = batch.llm_calls
         if not calls:
             return batch
-        changed = False
         for call in calls:
             if self.price(call):
-                changed = True
-        if changed:
-            batch.raw = None
+                touch(batch, call)
         return batch
 
     def price(self, call: LlmCall) -> bool:

@@ -45,16 +45,26 @@ class HeadSampler:
             return self._logs(batch)
         reject_below = self.reject_below
         kept_total = dropped_total = 0
-        for rs in batch.request.resource_spans:
-            for ss in rs.scope_spans:
+        marked: list[tuple[int, int, int]] = []  # kept spans whose tracestate got the threshold
+        for ri, rs in enumerate(batch.request.resource_spans):
+            for si, ss in enumerate(rs.scope_spans):
                 spans = ss.spans
-                drop = [i for i, span in enumerate(spans) if not decide(span, reject_below)]
+                drop = []
+                for ki, span in enumerate(spans):
+                    state = span.trace_state
+                    if not decide(span, reject_below):
+                        drop.append(ki)
+                    elif reject_below and span.trace_state != state:
+                        marked.append((ri, si, ki))
                 for i in reversed(drop):
                     del spans[i]
                 dropped_total += len(drop)
                 kept_total += len(spans)
-        if dropped_total or reject_below:
-            batch.raw = None
+        if dropped_total:
+            batch.raw = None  # spans removed: the indices of the received bytes no longer hold
+        else:
+            for where in marked:
+                batch.touch(*where)
         batch.items = kept_total
         self._kept.inc(kept_total)
         self._dropped.inc(dropped_total)
