@@ -164,3 +164,31 @@ def test_unusual_encodings_go_span_by_span() -> None:
     for which in range(len(_SETTINGS)):
         _check(body, which)
         _check(odd, which)
+
+
+def test_after_the_normalizer_touched_spans_the_rest_still_goes_from_the_bytes() -> None:
+    """In the pipeline the normalizer and the pricer touch the LLM call spans first: their
+    received bytes are stale, so the redactor reads them as messages and decides every other span
+    from the received bytes, then touches what it edited. The result equals the message walk, and
+    the batch's spliced bytes are the edited request."""
+    from gateway.batch import Batch, RequestContext
+    from gateway.llm.pricing import PriceTable
+    from gateway.processors import normalize, price
+
+    chain = [normalize.Normalizer(normalize.Config()), price.PriceProcessor(PriceTable([]))]
+    touched_any = False
+    for which in (0, 1, 5):
+        (redactor, _), (reference, _) = _PAIRS[which]
+        for fixture in TRACE_FIXTURES:
+            for body in read_records(FIXTURES / f"{fixture}.otlp.bin"):
+                batch = Batch(ExportTraceServiceRequest.FromString(body), 1, RequestContext("http"), body)
+                for process in chain:
+                    batch = process(batch)
+                touched_any |= bool(batch.touched)
+                expected = ExportTraceServiceRequest()
+                expected.CopyFrom(batch.request)
+                reference.redact_traces_request(expected)
+                redactor(batch)
+                assert batch.request.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+                assert ExportTraceServiceRequest.FromString(batch.serialized()) == expected
+    assert touched_any  # the case this test is about happened

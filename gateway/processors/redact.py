@@ -176,7 +176,8 @@ class Redactor:
     def __call__(self, batch: Batch) -> Batch:
         signal = batch.signal.name
         if signal == "traces":
-            changed = self.redact_traces_request(batch.request, batch.raw)
+            self._redact_batch(batch)
+            return batch
         elif signal == "logs":
             changed = self.redact_logs_request(batch.request)  # type: ignore[arg-type]
         else:
@@ -189,11 +190,36 @@ class Redactor:
         """Redact every span of `request` in place; True if anything changed. `raw`, the
         request's serialized bytes when known, lets the gates scan the whole request once and
         this look only at the attributes they point at (`gateway.redaction.locate`)."""
-        changed = self._traces_from_bytes(request, raw) if raw is not None else None
-        if changed is None:
-            changed = self._traces_as_messages(request)
+        edits = self._traces_from_bytes(request, raw) if raw is not None else None
+        changed = self._traces_as_messages(request) if edits is None else bool(edits[0]) or edits[1]
         self._flush()
         return changed
+
+    def _redact_batch(self, batch: Batch) -> None:
+        """As `redact_traces_request`, and say what changed the way the batch contract asks: the
+        spans edited (`touch`), or `raw = None` when a resource or scope changed. Spans an earlier
+        processor touched are read as messages (their received bytes are stale); every other span
+        is decided from the received bytes."""
+        request = batch.request
+        raw, stale = batch.raw, frozenset()
+        if raw is None and batch.received is not None:
+            raw, stale = batch.received, batch.touched
+        edits = self._traces_from_bytes(request, raw, stale) if raw is not None else None
+        if edits is None:
+            if self._traces_as_messages(request):
+                batch.raw = None
+            self._flush()
+            return
+        spans, outside = edits
+        for ri, si, ki in stale:
+            if self._span(request.resource_spans[ri].scope_spans[si].spans[ki]):
+                spans.add((ri, si, ki))
+        self._flush()
+        if outside:
+            batch.raw = None
+        else:
+            for where in spans:
+                batch.touch(*where)
 
     def _traces_as_messages(self, request: ExportTraceServiceRequest) -> bool:
         """Span by span, each gated by its own serialization: the reference the bytes path must equal."""
@@ -206,17 +232,21 @@ class Redactor:
                     changed |= self._span(span)
         return changed
 
-    def _traces_from_bytes(self, request: ExportTraceServiceRequest, raw: bytes) -> bool | None:
-        """Redact from one scan of `raw` per gate; None if its framing is unusual (the caller
-        then goes span by span). A missing gate means every span may need it: None too."""
+    def _traces_from_bytes(self, request: ExportTraceServiceRequest, raw: bytes,
+                           stale: frozenset[tuple[int, int, int]] = frozenset()
+                           ) -> tuple[set[tuple[int, int, int]], bool] | None:
+        """Redact from one scan of `raw` per gate: (the spans edited, whether a resource or scope
+        was), or None if its framing is unusual (the caller then goes span by span). A missing
+        gate means every span may need it: None too. Spans in `stale` (whose bytes in `raw` are
+        not theirs any more) are left to the caller."""
         scanner, content = self._scanner, self._mode != "keep"
         if (scanner is not None and self._pattern_find is None) or (content and self._content_find is None):
             return None
         if scanner is None and not content:
-            return False
+            return set(), False
         if not ((scanner is not None and self._pattern_find(raw, 0, len(raw)) >= 0)  # type: ignore[misc]
                 or (content and self._content_find(raw, 0, len(raw)) >= 0)):  # type: ignore[misc]
-            return False  # the common clean request: one C call per gate
+            return set(), False  # the common clean request: one C call per gate
         ranges = span_ranges(raw)
         if ranges is None:
             return None
@@ -230,24 +260,29 @@ class Redactor:
         if scanner is not None:
             by_span, elsewhere = candidate_attributes(raw, ranges, self._pattern_find, starts, whole)  # type: ignore[arg-type]
             outside |= elsewhere
-        changed = False
+        changed_outside = False
         if outside:  # a candidate in a resource or a scope (or in framing): those, as messages
             for rs in request.resource_spans:
-                changed |= self._attributes_of(rs.resource)
+                changed_outside |= self._attributes_of(rs.resource)
                 for ss in rs.scope_spans:
-                    changed |= self._attributes_of(ss.scope)
+                    changed_outside |= self._attributes_of(ss.scope)
+        edited: set[tuple[int, int, int]] = set()
         containers: dict[tuple[int, int], Any] = {}
         for i in sorted(whole.union(by_span)):
             ri, si, ki, _, _ = ranges[i]
+            if stale and (ri, si, ki) in stale:
+                continue
             spans = containers.get((ri, si))
             if spans is None:
                 spans = containers[(ri, si)] = request.resource_spans[ri].scope_spans[si].spans
             targets = by_span.get(i)
             if targets is None:  # as a message, with what the scans found in it
-                changed |= self._span_with(spans[ki], scanner if i in by_span else None, i in whole)
+                changed = self._span_with(spans[ki], scanner if i in by_span else None, i in whole)
             else:
-                changed |= self._span_targets(raw, spans, ki, targets, scanner)  # type: ignore[arg-type]
-        return changed
+                changed = self._span_targets(raw, spans, ki, targets, scanner)  # type: ignore[arg-type]
+            if changed:
+                edited.add((ri, si, ki))
+        return edited, changed_outside
 
     def _span_targets(self, raw: bytes, spans: Any, index: int, targets: list[Target], scanner: Scanner) -> bool:
         """The attributes of span `index` of `spans` that hold a pattern candidate, decided from
