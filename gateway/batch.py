@@ -144,6 +144,14 @@ class Batch:
         self._touched = None
         return out
 
+    def settle(self) -> None:
+        """Let go of the received bytes once the processors are done, if no splice can use them:
+        they would otherwise wait in the queues (or the trace buffer) beside the parsed request,
+        which is what the sinks encode whole anyway (an LLM-dense request: every span touched)."""
+        touched, raw = self._touched, self._raw
+        if touched and raw is not None and 2500 * len(touched) + 1000 * self.items >= len(raw):
+            self.raw = None
+
     def _worth_splicing(self, raw: bytes, touched: set[tuple[int, int, int]]) -> bool:
         """Whether re-encoding the touched spans alone beats one whole serialization. upb encodes
         about 1 byte per ns either way; the splice adds about 2.5 us per touched span (reaching and
@@ -153,7 +161,7 @@ class Batch:
         encode whole. The touched spans' received sizes stand in for their new ones (the edits add
         a few attributes). Measured: tests/bench/RESULTS.md, "wire"."""
         if 2500 * len(touched) + 1000 * self.items >= len(raw):
-            return False  # decided without walking the framing (LLM-dense requests)
+            return False  # decided without walking the framing (LLM-dense requests; see `settle`)
         ranges = self.span_ranges()
         if ranges is None:
             return False

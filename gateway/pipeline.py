@@ -132,6 +132,7 @@ class Pipeline:
         flow = self.flow
         for process in flow.chains[batch.signal.name]:
             batch = process(batch)
+        batch.settle()
         if batch.signal is TRACES and flow.buffer is not None and batch.items:
             flow.buffer.add(batch)  # reads the LLM calls' usage for the cost and token policies
             batch.llm_calls = None

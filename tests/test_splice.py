@@ -149,3 +149,24 @@ def test_raw_none_wins_over_touched() -> None:
     batch.raw = None
     batch.touch(0, 0, 1)  # after raw = None: nothing to record
     assert batch.received is None and batch.serialized() == request.SerializeToString()
+
+
+def test_settle_lets_go_of_bytes_no_splice_can_use() -> None:
+    """After the processors, a request whose spans were (nearly) all touched drops its received
+    bytes, so they do not wait in the queues beside the parsed request; one with a small touched
+    share among large spans keeps them for the splice. Either way the encoding is the request's."""
+    request = _request([[[30] * 10]], False)
+    dense = Batch(request, 10, RequestContext("test"), raw=request.SerializeToString())
+    for k in range(10):
+        request.resource_spans[0].scope_spans[0].spans[k].name = "edited"
+        dense.touch(0, 0, k)
+    dense.settle()
+    assert dense.received is None and dense.serialized() == request.SerializeToString()
+
+    request = _request([[[20_000] * 10]], False)
+    sparse = Batch(request, 10, RequestContext("test"), raw=request.SerializeToString())
+    request.resource_spans[0].scope_spans[0].spans[3].name = "edited"
+    sparse.touch(0, 0, 3)
+    sparse.settle()
+    assert sparse.received is not None and sparse.touched == {(0, 0, 3)}
+    assert sparse.serialized() == request.SerializeToString()
