@@ -103,11 +103,11 @@ def _rebuild(buf: bytes, pos: int, end: int, number: int, edits: dict[int, Any],
     while pos < end:
         tag_start = pos
         tag = buf[pos]
-        tag, pos = (tag, pos + 1) if tag < 0x80 else _varint(buf, pos)
+        tag, pos = (tag, pos + 1) if tag < 0x80 else read_varint(buf, pos)
         wire_type = tag & 7
         if wire_type == _LEN:
             tag_end = pos
-            length, pos = _varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             start, pos = pos, pos + length
             if pos > end:
                 raise _Unusual()
@@ -125,7 +125,7 @@ def _rebuild(buf: bytes, pos: int, end: int, number: int, edits: dict[int, Any],
                     copied = pos
                 index += 1
         elif wire_type == 0:
-            _, pos = _varint(buf, pos)
+            _, pos = read_varint(buf, pos)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 5:
@@ -150,7 +150,8 @@ def encode_varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `buf[pos]` and the position after it (IndexError if `buf` ends inside it)."""
     byte = buf[pos]
     if byte < 0x80:
         return byte, pos + 1
@@ -167,15 +168,15 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(field number, start, end) of each length-delimited field in buf[pos:end]; others skipped."""
     while pos < end:
-        tag = buf[pos]  # one byte for the fields read here; _varint for longer ones
-        tag, pos = (tag, pos + 1) if tag < 0x80 else _varint(buf, pos)
+        tag = buf[pos]  # one byte for the fields read here; read_varint for longer ones
+        tag, pos = (tag, pos + 1) if tag < 0x80 else read_varint(buf, pos)
         wire_type = tag & 7
         if wire_type == _LEN:
-            length, pos = _varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             yield tag >> 3, pos, pos + length
             pos += length
         elif wire_type == 0:
-            _, pos = _varint(buf, pos)
+            _, pos = read_varint(buf, pos)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 5:

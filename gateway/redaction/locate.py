@@ -20,6 +20,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Container, Sequence
 
+from gateway.otlp.wire import read_varint
+
 # A compiled RE2 object's `.Match(anchor, data, start, end)` bound with its anchor: the first
 # match's start in data[start:end], or -1.
 Find = Callable[[bytes, int, int], int]
@@ -99,7 +101,7 @@ def span_targets(raw: bytes, start: int, end: int, find: Find, found: int) -> tu
                     if length < 0x80:
                         content = walk + 2
                     else:
-                        length, content = _varint(raw, walk + 1)
+                        length, content = read_varint(raw, walk + 1)
                     walk = content + length
                     if tag == _ATTRIBUTE_TAG:
                         attribute += 1
@@ -139,7 +141,7 @@ def key_value(entry: bytes) -> tuple[int, int, int, int] | None:
                 return None
             pos += 2
             if length >= 0x80:
-                length, pos = _varint(entry, pos - 1)
+                length, pos = read_varint(entry, pos - 1)
             field, content, pos = tag >> 3, pos, pos + length
             if field == _KEY and key is None:
                 key = content, pos
@@ -154,7 +156,7 @@ def key_value(entry: bytes) -> tuple[int, int, int, int] | None:
             return None
         length, content = entry[v_start + 1], v_start + 2
         if length >= 0x80:
-            length, content = _varint(entry, v_start + 1)
+            length, content = read_varint(entry, v_start + 1)
     except IndexError:
         return None
     if content + length != v_end:
@@ -162,23 +164,9 @@ def key_value(entry: bytes) -> tuple[int, int, int, int] | None:
     return key[0], key[1], content, v_end
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    byte = buf[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    value, shift = byte & 0x7F, 7
-    while True:
-        pos += 1
-        byte = buf[pos]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos + 1
-        shift += 7
-
-
 def _skip_field(buf: bytes, pos: int) -> int:
     """The end of the field whose tag starts at `pos`."""
-    tag, pos = _varint(buf, pos)
+    tag, pos = read_varint(buf, pos)
     wire_type = tag & 7
     if wire_type == 0:
         while buf[pos] & 0x80:
@@ -187,7 +175,7 @@ def _skip_field(buf: bytes, pos: int) -> int:
     if wire_type == 1:
         return pos + 8
     if wire_type == 2:
-        length, pos = _varint(buf, pos)
+        length, pos = read_varint(buf, pos)
         return pos + length
     if wire_type == 5:
         return pos + 4

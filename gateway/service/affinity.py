@@ -43,7 +43,7 @@ from gateway.batch import Batch, RequestContext
 from gateway.errors import Refused
 from gateway.logs import get_logger
 from gateway.otlp.signals import TRACES, Signal
-from gateway.otlp.wire import encode_varint
+from gateway.otlp.wire import encode_varint, read_varint
 
 _log = get_logger("affinity")
 _LEN = struct.Struct(">I")
@@ -292,11 +292,11 @@ def _walk(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]
         pos += 1
         wire_type = tag & 7
         if wire_type == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             value_start, pos = pos, pos + length
         elif wire_type == 0:
             value_start = pos
-            _, pos = _varint(buf, pos)
+            _, pos = read_varint(buf, pos)
         elif wire_type == 1:
             value_start, pos = pos, pos + 8
         elif wire_type == 5:
@@ -306,17 +306,6 @@ def _walk(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]
         if pos > end:
             raise _Unreadable()
         yield tag, tag_start, value_start, pos
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def _trace_id(raw: bytes, start: int, end: int) -> bytes:
