@@ -40,9 +40,8 @@ class Account:
         calls = batch.llm_calls
         if not calls:
             return batch
-        if self.attributor.attribute(calls, batch.context.tenant):
-            for call in calls:  # it writes on call spans only; which of them it does not say
-                touch(batch, call)
+        # What it writes is new on the spans: added through the batch, no touch needed.
+        self.attributor.attribute(calls, batch.context.tenant, batch.add_attribute)
         recorder = self.recorder
         if recorder is not None:
             recorder.record(calls)
