@@ -54,7 +54,6 @@ def run(request: ExportTraceServiceRequest, process: Any = NORMALIZE, raw: bytes
     assert out is batch
     assert batch.llm_calls is not None
     assert process.errors == 0  # the safety net (a span left as it came when normalizing it raised) never fired
-    assert batch.request is request  # reading it puts the attributes added as bytes into the message
     return batch
 
 

@@ -38,25 +38,13 @@ def test_a_processor_that_edits_says_what_it_edited(name: str) -> None:
     names = [n for n, m in PROCESSORS.items() if getattr(config.pipeline, n).enabled]
     assert names == list(PROCESSORS)
     upto = names.index(name) + 1
-    for (body, batch), (_, copy) in zip(_batches(), _batches(), strict=True):
+    for body, batch in _batches():
         for process in chain[:upto - 1]:
             batch = process(batch)
-            copy = process(copy)
         before = batch.request.SerializeToString()
-        # The bytes path: serialized before anything reads the message (attributes the processor
-        # added are appended to the received bytes of their spans).
-        copy.raw = copy.request.SerializeToString()
-        assert copy.raw == before
-        copy = chain[upto - 1](copy)
-        raw_after = copy.raw
-        out = copy.serialized()
-        assert ExportTraceServiceRequest.FromString(out) == copy.request, f"{name}: its bytes say another request"
-        if copy.request.SerializeToString() != before:
-            assert raw_after is None, f"{name} edited the request but left batch.raw"
         batch.raw = before
         batch = chain[upto - 1](batch)
         after = batch.request.SerializeToString()
-        assert after == copy.request.SerializeToString()
         if after != before:
             assert batch.raw is None, f"{name} edited the request but left batch.raw"
         if batch.received is not None and batch.touched:  # below the threshold too (most fixture spans are calls)

@@ -2,11 +2,9 @@
 
 They edit the batch's request in place and touch only the keys they need, and say what they
 edited, so no sink writes stale received bytes (the contract, in gateway/batch.py):
-- a new attribute on an existing span: `batch.add_attribute(where, span, key, value)` (kept as
-  bytes and appended to the span's received bytes; no touch);
-- any other edit inside an existing span: `batch.touch(ri, si, ki)` for that span (for an LLM
-  call's span: `touch(batch, call)`); a sink then writes the received bytes with only the touched
-  spans re-encoded;
+- an edit inside an existing span: `batch.touch(ri, si, ki)` for that span (for an LLM call's
+  span: `touch(batch, call)`); a sink then writes the received bytes with only the touched spans
+  re-encoded;
 - anything else (resource or scope attributes, spans added, removed or reordered, or not knowing
   which spans): `batch.raw = None`, and the whole request is serialized.
 A test holds every registered processor to it. Each processor

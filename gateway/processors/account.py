@@ -40,8 +40,9 @@ class Account:
         calls = batch.llm_calls
         if not calls:
             return batch
-        # What it writes is new on the spans: added through the batch, no touch needed.
-        self.attributor.attribute(calls, batch.context.tenant, batch.add_attribute)
+        if self.attributor.attribute(calls, batch.context.tenant):
+            for call in calls:  # it writes on call spans only; which of them it does not say
+                touch(batch, call)
         recorder = self.recorder
         if recorder is not None:
             recorder.record(calls)

@@ -662,17 +662,18 @@ def _mapped(operation: str | None) -> tuple[int, str | None]:
 # Writing.
 
 
-Add = Any  # `Batch.add_attribute`: (where, span, key, value) -> None
+_TRUE_ATTRIBUTES = {k: KeyValue(key=k, value=AnyValue(bool_value=True))
+                    for k in (LLM_CALL, AGGREGATE, PROVIDER_INFERRED)}
 
 
-def _put_str(add: Add, where: Any, span: Any, d: dict[str, Any], key: str, value: str) -> bool:
-    """Set `key` to the string `value` unless it already is. A new key is added through `add`
-    (kept as bytes while the span's received bytes hold); True when an existing attribute was
-    changed in place (the span must be touched)."""
+def _put_str(span: Any, d: dict[str, Any], key: str, value: str) -> bool:
+    """Set `key` to the string `value` unless it already is; True when the span changed."""
     kv = d.get(key)
     if kv is None:
-        add(where, span, key, value)
-        return False
+        kv = span.attributes.add()
+        kv.key = key
+        kv.value.string_value = value
+        return True
     v = kv.value
     if v.string_value == value and (value or v.WhichOneof("value") == "string_value"):
         return False  # a non-empty string_value can only be the value set
@@ -680,11 +681,13 @@ def _put_str(add: Add, where: Any, span: Any, d: dict[str, Any], key: str, value
     return True
 
 
-def _put_int(add: Add, where: Any, span: Any, d: dict[str, Any], key: str, value: int) -> bool:
+def _put_int(span: Any, d: dict[str, Any], key: str, value: int) -> bool:
     kv = d.get(key)
     if kv is None:
-        add(where, span, key, value)
-        return False
+        kv = span.attributes.add()
+        kv.key = key
+        kv.value.int_value = value
+        return True
     v = kv.value
     if v.int_value == value and (value or v.WhichOneof("value") == "int_value"):
         return False
@@ -692,11 +695,11 @@ def _put_int(add: Add, where: Any, span: Any, d: dict[str, Any], key: str, value
     return True
 
 
-def _put_true(add: Add, where: Any, span: Any, d: dict[str, Any], key: str) -> bool:
+def _put_true(span: Any, d: dict[str, Any], key: str) -> bool:
     kv = d.get(key)
     if kv is None:
-        add(where, span, key, True)
-        return False
+        span.attributes.append(_TRUE_ATTRIBUTES[key])  # copied in
+        return True
     v = kv.value
     if v.bool_value:
         return False
@@ -791,16 +794,15 @@ class Normalizer:
                 except Exception:
                     self._failed("resolve")
             write = self._write
-            add = batch.add_attribute
             for f in found:
                 try:
-                    changed = write(f, add)
+                    changed = write(f)
                 except Exception:
                     self._failed("write")
                     batch.touch(*f.where)  # it may have written part
                     continue
                 if changed:
-                    batch.touch(*f.where)  # edited in place: the received bytes still hold every other span
+                    batch.touch(*f.where)  # the received bytes still hold every other span
                 if f.role == _CALL:
                     calls.append(f.call)  # type: ignore[arg-type]
         batch.llm_calls = calls
@@ -1183,50 +1185,48 @@ class Normalizer:
 
     # -- output ---------------------------------------------------------------------------------
 
-    def _write(self, f: _Found, add: Add) -> bool:
-        """Write the canonical attributes of one found span; True if an existing attribute was
-        changed in place (the span must be touched). New attributes go through `add`."""
-        span, d, role, where = f.span, f.attrs, f.role, f.where
+    def _write(self, f: _Found) -> bool:
+        span, d, role = f.span, f.attrs, f.role
         if role == _CALL:
             c: LlmCall = f.call  # type: ignore[assignment]
             exact = f.exact
             changed = False
-            if c.provider is not None and not exact & _B_PROVIDER and _put_str(add, where, span, d, PROVIDER, c.provider):
+            if c.provider is not None and not exact & _B_PROVIDER and _put_str(span, d, PROVIDER, c.provider):
                 changed = True
-            if _put_str(add, where, span, d, OPERATION, c.operation):
+            if _put_str(span, d, OPERATION, c.operation):
                 changed = True
             if c.request_model is not None and not exact & _B_REQUEST_MODEL and \
-                    _put_str(add, where, span, d, REQUEST_MODEL, c.request_model):
+                    _put_str(span, d, REQUEST_MODEL, c.request_model):
                 changed = True
             if c.response_model is not None and not exact & _B_RESPONSE_MODEL and \
-                    _put_str(add, where, span, d, RESPONSE_MODEL, c.response_model):
+                    _put_str(span, d, RESPONSE_MODEL, c.response_model):
                 changed = True
-            if c.input_tokens is not None and not exact & _B_INPUT and _put_int(add, where, span, d, INPUT_TOKENS, c.input_tokens):
+            if c.input_tokens is not None and not exact & _B_INPUT and _put_int(span, d, INPUT_TOKENS, c.input_tokens):
                 changed = True
             if c.output_tokens is not None and not exact & _B_OUTPUT and \
-                    _put_int(add, where, span, d, OUTPUT_TOKENS, c.output_tokens):
+                    _put_int(span, d, OUTPUT_TOKENS, c.output_tokens):
                 changed = True
             if c.cache_read_tokens is not None and not exact & _B_CACHE_READ and \
-                    _put_int(add, where, span, d, CACHE_READ_TOKENS, c.cache_read_tokens):
+                    _put_int(span, d, CACHE_READ_TOKENS, c.cache_read_tokens):
                 changed = True
             if c.cache_write_tokens is not None:
                 for key in self._cw_keys if not exact & _B_CACHE_WRITE else self._cw_keys[1:]:
-                    if _put_int(add, where, span, d, key, c.cache_write_tokens):
+                    if _put_int(span, d, key, c.cache_write_tokens):
                         changed = True
             if c.reasoning_tokens is not None and not exact & _B_REASONING and \
-                    _put_int(add, where, span, d, REASONING_TOKENS, c.reasoning_tokens):
+                    _put_int(span, d, REASONING_TOKENS, c.reasoning_tokens):
                 changed = True
-            if _put_true(add, where, span, d, LLM_CALL):
+            if _put_true(span, d, LLM_CALL):
                 changed = True
-            if c.provider_inferred and _put_true(add, where, span, d, PROVIDER_INFERRED):
+            if c.provider_inferred and _put_true(span, d, PROVIDER_INFERRED):
                 changed = True
             if not self._keep and _remove_folded(span, d, c, self._cw_keys):
                 changed = True
             return changed
         if role == _DUPLICATE:
-            return False if f.marked_dup else _put_str(add, where, span, d, DUPLICATE_OF, f.duplicate_of.hex())
+            return False if f.marked_dup else _put_str(span, d, DUPLICATE_OF, f.duplicate_of.hex())
         if role == _AGGREGATE:
-            return _put_true(add, where, span, d, AGGREGATE)  # only spans that carry usage become aggregates
+            return _put_true(span, d, AGGREGATE)  # only spans that carry usage become aggregates
         return False  # _WRAPPER: a call span around another call, without usage of its own
 
 

@@ -38,7 +38,6 @@ from gateway.llm.call import (
 from gateway.llm.pricing import Override, PriceTable, Quote, RefreshConfig
 from gateway.logs import get_logger
 from gateway.otlp.anyvalue import number
-from gateway.otlp.attributes import add_to_message
 from gateway.processors import Processor, ProcessorContext, touch
 
 _log = get_logger("processor.price")
@@ -79,16 +78,13 @@ class PriceProcessor:
         calls = batch.llm_calls
         if not calls:
             return batch
-        add = batch.add_attribute
         for call in calls:
-            if self.price(call, add):
+            if self.price(call):
                 touch(batch, call)
         return batch
 
-    def price(self, call: LlmCall, add: Any = None) -> bool:
-        """Price one call; True if an attribute its span had was changed in place (the span must be
-        touched). New attributes go through `add` (`Batch.add_attribute`; None: straight into the
-        span, and True is returned if any was added)."""
+    def price(self, call: LlmCall) -> bool:
+        """Price one call; True if its span was changed."""
         reported = call.reported_cost
         if reported is not None and not math.isfinite(reported):
             reported = None
@@ -105,41 +101,41 @@ class PriceProcessor:
         if COST_SOURCE in seen:
             _read_back(call, seen)
             return False
-        out = _Writer(span, seen, call.where, add)
+        attrs = span.attributes  # fetched once: each `span.attributes` makes a new container object
 
         if reported is not None:
             cost = float(reported)
             call.cost_usd, call.cost_source = cost, "reported"
             if COST not in seen:
-                out.put(COST, cost)
+                _put(attrs, seen, COST, cost)
             split = _reported_split(seen)
             if split is not None:
                 call.cost_input_usd, call.cost_output_usd = split
-                out.put(COST_INPUT, split[0])
-                out.put(COST_OUTPUT, split[1])
-            out.put(COST_SOURCE, "reported")
-            out.semconv(cost, "reported")
-            return out.in_place
+                _put(attrs, seen, COST_INPUT, split[0])
+                _put(attrs, seen, COST_OUTPUT, split[1])
+            _put_source(attrs, seen, "reported")
+            _put_semconv(attrs, seen, cost, "reported")
+            return True
 
         quote = self._quote(call)
         if quote is None:
             call.cost_source = "unknown"
-            out.put(COST_SOURCE, "unknown")
+            _put_source(attrs, seen, "unknown")
             self._warn_unknown(call)
-            return out.in_place
+            return True
 
         call.cost_usd = quote.total_usd
         call.cost_input_usd = quote.input_usd
         call.cost_output_usd = quote.output_usd
         call.cost_source = quote.source
         call.price_model = quote.matched
-        out.put(COST, quote.total_usd)
-        out.put(COST_INPUT, quote.input_usd)
-        out.put(COST_OUTPUT, quote.output_usd)
-        out.put(COST_SOURCE, quote.source)
-        out.put(PRICE_MODEL, quote.matched)
-        out.semconv(quote.total_usd, quote.source)
-        return out.in_place
+        _put(attrs, seen, COST, quote.total_usd)
+        _put(attrs, seen, COST_INPUT, quote.input_usd)
+        _put(attrs, seen, COST_OUTPUT, quote.output_usd)
+        _put_source(attrs, seen, quote.source)
+        _put(attrs, seen, PRICE_MODEL, quote.matched)
+        _put_semconv(attrs, seen, quote.total_usd, quote.source)
+        return True
 
     def _quote(self, call: LlmCall) -> Quote | None:
         at = call.start_time_unix_nano or None  # 0 = unknown start time: price as of now
@@ -222,34 +218,44 @@ def _reported_split(seen: dict[str, KeyValue]) -> tuple[float, float] | None:
     return None
 
 
-class _Writer:
-    """The pricer's writes on one span: an attribute the span has is set in place (`in_place`
-    then says the span must be touched); a new one goes through `add` (`Batch.add_attribute`),
-    or straight into the span without a batch (`in_place` is then set too)."""
+Attributes = Any  # a span's repeated KeyValue field (`span.attributes`)
 
-    __slots__ = ("span", "seen", "where", "add", "in_place")
+_USD = KeyValue(key=COST_CURRENCY, value=AnyValue(string_value="USD"))
+_SOURCES = {s: KeyValue(key=COST_SOURCE_SEMCONV, value=AnyValue(string_value=s))
+            for s in ("computed", "override", "reported")}
+_OTELGATE_SOURCES = {s: KeyValue(key=COST_SOURCE, value=AnyValue(string_value=s))
+                     for s in ("computed", "override", "reported", "unknown")}
 
-    def __init__(self, span: Span, seen: dict[str, KeyValue], where: Any, add: Any) -> None:
-        self.span, self.seen, self.where, self.add = span, seen, where, add
-        self.in_place = False
 
-    def put(self, key: str, value: float | str) -> None:
-        kv = self.seen.get(key)
-        if kv is None:
-            if self.add is not None:
-                self.add(self.where, self.span, key, value)
-            else:
-                add_to_message(self.span, key, value)
-                self.in_place = True
-            return
-        if isinstance(value, str):
-            kv.value.string_value = value
-        else:
-            kv.value.double_value = value
-        self.in_place = True
+def _put_source(attrs: Attributes, seen: dict[str, KeyValue], source: str) -> None:
+    """`otelgate.cost.source`: copied in from a prebuilt value (the pricer's most common write)."""
+    kv = _OTELGATE_SOURCES.get(source)
+    if COST_SOURCE in seen or kv is None:
+        _put(attrs, seen, COST_SOURCE, source)
+    else:
+        attrs.append(kv)
 
-    def semconv(self, cost: float, source: str) -> None:
-        """The semconv cost triple."""
-        self.put(COST_AMOUNT, cost)
-        self.put(COST_CURRENCY, "USD")
-        self.put(COST_SOURCE_SEMCONV, source)
+
+def _put_semconv(attrs: Attributes, seen: dict[str, KeyValue], cost: float, source: str) -> None:
+    """The semconv cost triple; the two constant strings are copied in from prebuilt values."""
+    _put(attrs, seen, COST_AMOUNT, cost)
+    if COST_CURRENCY in seen:
+        seen[COST_CURRENCY].value.string_value = "USD"
+    else:
+        attrs.append(_USD)
+    kv = _SOURCES.get(source)
+    if COST_SOURCE_SEMCONV in seen or kv is None:
+        _put(attrs, seen, COST_SOURCE_SEMCONV, source)
+    else:
+        attrs.append(kv)
+
+
+def _put(attrs: Attributes, seen: dict[str, KeyValue], key: str, value: float | str) -> None:
+    """Set attribute `key` (a double or a string), in place if the span has it, else added."""
+    kv = seen.get(key)
+    if kv is None:
+        kv = seen[key] = attrs.add(key=key)
+    if isinstance(value, str):
+        kv.value.string_value = value
+    else:
+        kv.value.double_value = value

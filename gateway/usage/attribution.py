@@ -32,7 +32,6 @@ from pydantic import Field, field_validator
 
 from gateway.configtypes import StrictModel
 from gateway.llm.call import LlmCall
-from gateway.otlp.attributes import add_to_message
 
 DIMENSIONS = ("tenant", "app", "user", "session", "environment")
 MAX_VALUE = 256  # characters kept of an attributed value (ids, not documents)
@@ -130,10 +129,8 @@ class Attributor:
         self._span_keys = frozenset(span_keys(config))
         self._resource_keys = frozenset(s.key for s in every if s.resource)
 
-    def attribute(self, calls: Sequence[LlmCall], tenant: str | None, add: Any = None) -> bool:
-        """Resolve every call of one batch (whose request named `tenant`). The attributes it writes
-        are new on their spans: they go through `add` (`Batch.add_attribute`), which needs no
-        touch; without it they go straight into the spans, and True says some span changed."""
+    def attribute(self, calls: Sequence[LlmCall], tenant: str | None) -> bool:
+        """Resolve every call of one batch (whose request named `tenant`); True if a span changed."""
         # Per resource: its attributes, and each dimension as the resource alone says it (what a
         # span without any of the dimension's keys gets: the common case, resolved once).
         resources: dict[int, tuple[dict[str, KeyValue], tuple[str | None, ...]]] = {}
@@ -174,11 +171,17 @@ class Attributor:
             call.app, call.user, call.session, call.environment = app, user, session, environment
             if write:  # unrolled: this runs for every call
                 if user is not None and USER_ID not in span_attrs:
-                    changed |= _add(add, call, USER_ID, user)
+                    kv = span_attrs[USER_ID] = call.span.attributes.add(key=USER_ID)
+                    kv.value.string_value = user
+                    changed = True
                 if session is not None and SESSION_ID not in span_attrs:
-                    changed |= _add(add, call, SESSION_ID, session)
+                    kv = span_attrs[SESSION_ID] = call.span.attributes.add(key=SESSION_ID)
+                    kv.value.string_value = session
+                    changed = True
                 if app is not None and APP not in span_attrs:
-                    changed |= _add(add, call, APP, app)
+                    kv = span_attrs[APP] = call.span.attributes.add(key=APP)
+                    kv.value.string_value = app
+                    changed = True
         return changed
 
     def _resolve(self, dim: str, span_attrs: dict[str, KeyValue], res_attrs: dict[str, KeyValue],
@@ -205,15 +208,6 @@ class Attributor:
                 if text:
                     return text
         return None
-
-
-def _add(add: Any, call: LlmCall, key: str, value: str) -> bool:
-    """Add a new attribute to the call's span; True if it went straight into the message."""
-    if add is not None:
-        add(call.where, call.span, key, value)
-        return False
-    add_to_message(call.span, key, value)
-    return True
 
 
 def _pick(attributes: Iterable[KeyValue], keys: frozenset[str]) -> dict[str, KeyValue]:
