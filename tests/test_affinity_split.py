@@ -85,3 +85,18 @@ def test_framing_it_does_not_read_is_left_to_the_parsed_path() -> None:
     raw = _build([("svc", [("scope", [Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)])])]).SerializeToString()
     assert split_traces(raw + b"\x0b", 0, 2) is None  # a group start at the top level
     assert split_traces(raw[:-3], 0, 2) is None  # truncated
+
+
+def test_a_span_too_short_for_a_trace_id_is_not_read_past_its_end() -> None:
+    # An empty span, last in its scope and resource, then a resource of 16 bytes: the two bytes after
+    # the span read as a trace id's field head (0a 10), and the next resource's as the trace id.
+    late = ExportTraceServiceRequest()
+    late.resource_spans.add(schema_url="abcdefghijklm1")  # 16 bytes encoded; its last byte is odd (owner 1 of 2)
+    tail = late.SerializeToString()
+    assert tail[:2] == b"\x0a\x10"
+    raw = b"\x0a\x04\x12\x02\x12\x00" + tail
+    parsed = ExportTraceServiceRequest.FromString(raw)
+    assert parsed.resource_spans[0].scope_spans[0].spans[0].trace_id == b""
+    shares, foreign = split_traces(raw, 0, 2)
+    assert shares[0][1] == 1 and foreign == {}  # the span without a trace id is owner_of(b"") == 0's
+    assert owner_of(b"", 2) == 0

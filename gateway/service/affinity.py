@@ -253,7 +253,7 @@ def _split_bytes(raw: bytes, me: int, workers: int) -> tuple[dict[int, tuple[byt
                 if field3 != _CHILD_TAG:
                     scope_header.append(raw[tag_start3:end3])
                     continue
-                if raw[start3:start3 + 2] == _TRACE_ID_PREFIX:
+                if end3 - start3 >= 18 and raw[start3:start3 + 2] == _TRACE_ID_PREFIX:  # not past a short span's end
                     owner = from_bytes(raw[start3 + 10:start3 + 18], "big") % workers
                 else:
                     owner = owner_of(_trace_id(raw, start3, end3), workers)
