@@ -21,7 +21,8 @@ What it does, in one bounded run (about duration + 15 s):
 3. Measures the ceiling in this process while the gateway sits idle: protobuf
    `ExportTraceServiceRequest.FromString` + `SerializeToString` over the pool, spans/s on one core.
 4. Starts the client processes (`--clients` per protocol); each keeps `--concurrency` requests in
-   flight (grpc.aio / aiohttp), records each request's latency and outcome, and stops by itself
+   flight (grpc.aio; for HTTP a plain HTTP/1.1 keep-alive client, or aiohttp's with
+   `--http-client aiohttp`), records each request's latency and outcome, and stops by itself
    after `--duration` seconds or `--max-requests` requests. A 503/UNAVAILABLE (backpressure) is
    counted as refused, and the request is retried after the server's Retry-After/RetryInfo.
 5. Reads the gateway's CPU time (utime + stime of every thread, /proc/PID/stat) when the load
@@ -311,7 +312,8 @@ def measure_ceiling(pool: list[bytes], spans_per_request: int, seconds: float) -
 
 
 def client_main(protocol: str, target: str, pool: list[Retraceable], spans_per_request: int, concurrency: int,
-                duration: float, max_requests: int, offset: int, client: int, start: Any, results: Any) -> None:
+                duration: float, max_requests: int, offset: int, client: int, start: Any, results: Any,
+                http_client: str = "raw") -> None:
     try:
         if protocol == "http":
             try:
@@ -322,7 +324,7 @@ def client_main(protocol: str, target: str, pool: list[Retraceable], spans_per_r
         else:
             runner = asyncio.run  # grpc.aio wants the default loop
         result = runner(_client(protocol, target, pool, spans_per_request, concurrency, duration,
-                                max_requests, offset, client, start, results))
+                                max_requests, offset, client, start, results, http_client))
     except BaseException as exc:  # report, never hang the parent
         results.put(("error", protocol, f"{type(exc).__name__}: {exc}"))
         return
@@ -331,10 +333,10 @@ def client_main(protocol: str, target: str, pool: list[Retraceable], spans_per_r
 
 async def _client(protocol: str, target: str, pool: list[Retraceable], spans_per_request: int, concurrency: int,
                   duration: float, max_requests: int, offset: int, client: int, start: Any,
-                  results: Any) -> dict[str, Any]:
+                  results: Any, http_client: str = "raw") -> dict[str, Any]:
     stats: dict[str, Any] = {"ok": 0, "refused": 0, "errors": 0, "gave_up": 0, "acked_spans": 0,
                              "rejected_spans": 0, "warmup_acked_spans": 0, "latencies": [], "error_samples": []}
-    send, close = await _sender(protocol, target, concurrency)
+    send, close = await _sender(protocol, target, concurrency, http_client)
     loop = asyncio.get_running_loop()
     state = {"next": offset, "issued": 0}
     keys: dict[int, int] = {}
@@ -400,8 +402,10 @@ async def _client(protocol: str, target: str, pool: list[Retraceable], spans_per
     return stats
 
 
-async def _sender(protocol: str, target: str, concurrency: int) -> tuple[Any, Any]:
+async def _sender(protocol: str, target: str, concurrency: int, http_client: str = "raw") -> tuple[Any, Any]:
     """(send(body) -> (outcome, payload, retry_after_s), close()); outcome ok|refused|error."""
+    if protocol == "http" and http_client == "raw":
+        return await raw_http_sender(target, "/v1/traces")
     if protocol == "http":
         import aiohttp
 
@@ -449,6 +453,67 @@ async def _sender(protocol: str, target: str, concurrency: int) -> tuple[Any, An
             return "error", f"{err.code().name}: {err.details()}", 0.0
 
     return send_grpc, channel.close
+
+
+async def raw_http_sender(target: str, path: str) -> tuple[Any, Any]:
+    """An OTLP/HTTP sender that is plain HTTP/1.1 over keep-alive connections (one per request in
+    flight), for `send` in `_sender`.
+
+    The clients share the machine's cores with the gateway, so every microsecond a client spends
+    per request is taken from the gateway: aiohttp's client costs about 2.3x this per request
+    (tests/bench/RESULTS.md). It speaks only what the benchmark needs (a POST with
+    Content-Length, a response with Content-Length), and is checked against a real aiohttp server
+    in tests/test_bench_http_client.py."""
+    host_port = target.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/x-protobuf\r\n"
+            "Content-Length: ").encode()
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened: list[asyncio.StreamWriter] = []
+
+    async def exchange(data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        if idle:
+            reader, writer = idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            opened.append(writer)
+        writer.write(b"%s%d\r\n\r\n" % (head, len(data)))
+        writer.write(data)
+        status_and_headers = await reader.readuntil(b"\r\n\r\n")
+        lines = status_and_headers.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+        length = headers.get(b"content-length")
+        if length is None:  # the gateway always sends one; anything else is an error of the benchmark
+            raise ConnectionError(f"HTTP {status} without Content-Length")
+        payload = await reader.readexactly(int(length)) if int(length) else b""
+        if headers.get(b"connection", b"").lower() == b"close":
+            writer.close()
+        else:
+            idle.append((reader, writer))
+        return status, headers, payload
+
+    async def send_http(data: bytes) -> tuple[str, Any, float]:
+        try:
+            status, headers, payload = await asyncio.wait_for(exchange(data), 60)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+                ValueError, IndexError) as exc:
+            return "error", f"{type(exc).__name__}: {exc}", 0.0
+        if status == 200:
+            return "ok", payload, 0.0
+        if status in (429, 503):
+            return "refused", payload, float(headers.get(b"retry-after", b"1"))
+        return "error", f"HTTP {status}: {payload[:200]!r}", 0.0
+
+    async def close() -> None:
+        for writer in opened:
+            writer.close()
+
+    return send_http, close
 
 
 # -- the gateway ------------------------------------------------------------------------------
@@ -742,7 +807,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "duration_s": args.duration, "max_requests_per_client": args.max_requests,
                    "spans_per_request": spans_per_request, "pool": args.pool, "sink_format": args.format,
                    "llm_share": args.llm_share, "trace_spans": args.trace_spans, "processors": not args.no_processors,
-                   "usage": args.usage,
+                   "usage": args.usage, "http_client": args.http_client,
                    "redact": args.redact,
                    "sink": args.sink, "queue": args.queue, "fsync": args.fsync if args.queue == "disk" else None,
                    "sink_path": "/dev/null" if args.discard else "file in a temp dir",
@@ -819,7 +884,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 offset = (len(procs) * len(pool)) // max(1, len(protocols) * args.clients)
                 p = ctx.Process(target=client_main, daemon=True, name=f"bench-{protocol}-{k}",
                                 args=(protocol, targets[protocol], retraceables, spans_per_request, args.concurrency,
-                                      args.duration, args.max_requests, offset, len(procs), start, results))
+                                      args.duration, args.max_requests, offset, len(procs), start, results,
+                                      args.http_client))
                 p.start()
                 procs.append(p)
 
@@ -1069,6 +1135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="both: --clients gRPC and --clients HTTP processes at once")
     parser.add_argument("--clients", type=int, default=1, help="client processes per protocol")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight per client process")
+    parser.add_argument("--http-client", choices=("raw", "aiohttp"), default="raw",
+                        help="the OTLP/HTTP load client: plain HTTP/1.1 keep-alive (less client CPU per request, "
+                        "so more of the machine for the gateway) or aiohttp's client (as before 2026-12-03)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (each client stops by itself)")
     parser.add_argument("--max-requests", type=int, default=0,
                         help="stop each client process after this many requests (0: duration only)")
