@@ -99,8 +99,10 @@ def test_the_manifests_refer_only_to_what_they_define() -> None:
 def test_the_dockerfile_installs_and_runs_as_the_readme_says() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.\d+-slim$", text, re.M)
-    for source in re.findall(r"^COPY (\S+)(?: \S+)? \S+$", text, re.M):
+    copied = [source for line in re.findall(r"^COPY (.+)$", text, re.M) for source in line.split()[:-1]]
+    for source in copied:
         assert (ROOT / source).exists(), source
+    assert {"pyproject.toml", "setup.py", "gateway"} <= set(copied)  # all `pip install .` reads (setup.py: the C split)
     assert "pip install --no-cache-dir ." in text  # the README's `.venv/bin/pip install .`
     assert ".venv/bin/pip install ." in (ROOT / "README.md").read_text()
     assert re.search(r"^USER otelgate$", text, re.M)

@@ -212,6 +212,20 @@ _CHILD_TAG = 0x12  # field 2, length-delimited: ResourceSpans.scope_spans and Sc
 _TRACE_ID_PREFIX = b"\x0a\x10"  # Span.trace_id, 16 bytes
 
 
+def _compiled_split() -> Callable[[bytes, int, int], Any] | None:
+    """The C split (setup.py builds it where a compiler is at hand), unless OTELGATE_PURE_PYTHON is set."""
+    if os.environ.get("OTELGATE_PURE_PYTHON"):
+        return None
+    try:
+        from gateway.service._affinity_split import split
+    except ImportError:
+        return None
+    return split
+
+
+_COMPILED_SPLIT = _compiled_split()
+
+
 class _Unreadable(Exception):
     """Framing the splitter does not read (a group, a truncated field): the caller parses instead."""
 
@@ -223,7 +237,12 @@ def split_traces(raw: bytes, me: int, workers: int) -> tuple[dict[int, tuple[byt
     Nothing is decoded but the framing and each span's trace id. The share of `me` keeps the
     resources and scopes that have no spans at all (there is no trace to own them), and the parsed
     request, with `_keep_only(request, foreign)`, becomes exactly what `me`'s share encodes.
-    None: something unusual in the framing; the caller groups the parsed spans instead."""
+    None: something unusual in the framing; the caller groups the parsed spans instead.
+
+    The compiled split (`_affinity_split.c`) gives exactly what `_split_bytes` gives, for a
+    few hundredths of its CPU; the Python one runs where it was not built."""
+    if _COMPILED_SPLIT is not None:
+        return _COMPILED_SPLIT(raw, me, workers)
     try:
         return _split_bytes(raw, me, workers)
     except (_Unreadable, IndexError):

@@ -12,7 +12,8 @@ needs whole traces, for `bench_gateway.py`'s request pool (100 spans per request
   owner parses what it is handed;
 - `bytes`: `split_traces` slices the received bytes per owner (framing and trace ids only), the
   own share is the parsed request less the others' spans (`_keep_only`), and the owner parses
-  what it is handed.
+  what it is handed; with the Python walker (`_split_bytes`) and with the compiled one
+  (`_affinity_split.c`, where it was built).
 
 CPU time (`time.process_time`) per span, alternating the two ways lap by lap.
 """
@@ -23,6 +24,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -31,7 +33,7 @@ import bench_gateway  # noqa: E402
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
 from gateway.batch import Batch, RequestContext  # noqa: E402
-from gateway.service.affinity import _keep_only, _split, split_traces  # noqa: E402
+from gateway.service.affinity import _COMPILED_SPLIT, _keep_only, _split, _split_bytes, split_traces  # noqa: E402
 
 
 def parsed_way(pool: list[bytes], workers: int) -> int:
@@ -47,11 +49,11 @@ def parsed_way(pool: list[bytes], workers: int) -> int:
     return spans
 
 
-def bytes_way(pool: list[bytes], workers: int) -> int:
+def bytes_way(pool: list[bytes], workers: int, split_bytes: Any = split_traces) -> int:
     spans = 0
     for raw in pool:
         request = ExportTraceServiceRequest.FromString(raw)
-        split = split_traces(raw, 0, workers)
+        split = split_bytes(raw, 0, workers)
         assert split is not None
         shares, foreign = split
         _keep_only(request, foreign)
@@ -71,7 +73,9 @@ def main() -> int:
     args = parser.parse_args()
     pool = bench_gateway.build_pool(50, 100, 1, args.llm_share, args.trace_spans)
     receive = {"parse only": lambda p, w: sum(bench_gateway.count_spans(ExportTraceServiceRequest.FromString(r)) for r in p)}
-    ways = {**receive, "parsed": parsed_way, "bytes": bytes_way}
+    ways = {**receive, "parsed": parsed_way, "bytes (Python)": lambda p, w: bytes_way(p, w, _split_bytes)}
+    if _COMPILED_SPLIT is not None:
+        ways["bytes (compiled)"] = bytes_way
     cpu = dict.fromkeys(ways, 0.0)
     spans = dict.fromkeys(ways, 0)
     for _ in range(args.laps):
