@@ -116,3 +116,48 @@ def test_replicas_notify_a_budget_crossing_once(tmp_path: Path, postgres_dsn: st
         for gw in gateways:
             gw.stop()
         hook.close()
+
+
+def test_replicas_with_workers_sharing_postgres_count_every_call_once(tmp_path: Path, postgres_dsn: str) -> None:
+    """Two gateways of 2 workers each on one PostgreSQL: four flush writers, each adding only what
+    its worker priced, so the store's totals are the calls sent, not a multiple of them, and every
+    replica answers the same."""
+    import asyncio
+    from tests.gateway_process import read_json_lines, spans_in
+    from tests.test_backpressure_health_metrics import metric_in
+    asyncio.run(_reset(postgres_dsn))
+    gateways = []
+    for i in range(2):
+        work = tmp_path / f"gw{i}"
+        work.mkdir()
+        config = gateway_config(work, llm=True)
+        config["service"]["workers"] = 2
+        config["usage"] = {"store": "postgres", "dsn": postgres_dsn, "flush_interval": "100ms"}
+        gateways.append((work, GatewayProcess(config, work).wait_ready(60)))
+    try:
+        sent = 0
+        for k in range(12):  # an exporter (a connection) each: the kernel spreads them over the workers
+            work, gw = gateways[k % 2]
+            send(gw.http, [Turn("bot", f"user{k % 5}", f"s{k}", calls=1 + k % 3)])
+            sent += 1 + k % 3
+
+        def costs() -> list[float]:
+            return [float(attrs["gen_ai.usage.cost"]) for work, _ in gateways for path in work.glob("out.worker-*.jsonl")
+                    for span in spans_in(read_json_lines(path))
+                    if (attrs := {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", [])})
+                    .get("otelgate.llm.call")]
+
+        wait_for(lambda: len(costs()) == sent, timeout=20)
+        for work, gw in gateways:
+            totals = wait_for(lambda g=gw: (t := requests.get(f"{g.admin}/api/v1/usage", timeout=10).json()["totals"])
+                              ["calls"] == sent and t, timeout=20)
+            assert totals["cost_usd"] == pytest.approx(sum(costs()), rel=1e-9) and totals["active_users"] == 5
+        llm_requests = [metric_in(requests.get(f"{gw.admin}/metrics", timeout=5).text, "otelgate_llm_requests_total")
+                        for _, gw in gateways]
+        assert sum(llm_requests) == sent  # each replica's /metrics: the sum of its workers
+        import time
+        time.sleep(0.5)  # several more flushes of every worker: nothing is written twice
+        assert requests.get(f"{gateways[0][1].admin}/api/v1/usage", timeout=10).json()["totals"]["calls"] == sent
+    finally:
+        for _, gw in gateways:
+            gw.stop()
