@@ -917,7 +917,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_load = gateway_cpu(pid)
         load_wall = time.perf_counter() - window0
         after = wait_written(gw.admin, 60 + (args.tail or 0), tail=bool(args.tail),
-                             interval=0.05 if args.poll_interval <= 0.2 else args.poll_interval / 2)
+                             interval=min(0.1, args.poll_interval / 2))
         cpu1 = gateway_cpu(pid)
         drain_wall = time.perf_counter() - window0 - load_wall
         poller.stop()
@@ -1171,9 +1171,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--discard", action="store_true",
                         help="file sink path /dev/null: everything but the page-cache write (delivery checked by metric)")
     parser.add_argument("--workers", type=int, default=1, help="service.workers (the gateway's CPU counts every worker's)")
-    parser.add_argument("--poll-interval", type=float, default=0.2,
+    parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="s between scrapes of /metrics during the load (the trace buffer's gauges); while "
-                        "waiting for the sink after it, half that (0.05 s with the default)")
+                        "waiting for the sink after it, half that, at most 0.1 s. Every scrape renders every series "
+                        "(in every worker): 5 a second, the default before 2026-12-03, inflated the cost of "
+                        "anything that adds series")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random trace/span ids")
     parser.add_argument("--workdir",
                         help="keep the gateway's config, log and output here (otherwise a temp dir, removed at the end)")
