@@ -98,8 +98,11 @@ def test_the_manifests_refer_only_to_what_they_define() -> None:
 
 def test_the_dockerfile_installs_and_runs_as_the_readme_says() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.\d+-slim$", text, re.M)
-    copied = [source for line in re.findall(r"^COPY (.+)$", text, re.M) for source in line.split()[:-1]]
+    assert re.search(r"^FROM python:3\.\d+-slim$", text, re.M)  # the image that runs: slim, no compiler
+    build = re.search(r"^FROM (python:3\.\d+-slim) AS build$", text, re.M)
+    assert build and f"FROM {build.group(1)}\n" in text  # the venv is copied into the image it was built on
+    assert "COPY --from=build /opt/otelgate/.venv /opt/otelgate/.venv" in text
+    copied = [source for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M) for source in line.split()[:-1]]
     for source in copied:
         assert (ROOT / source).exists(), source
     assert {"pyproject.toml", "setup.py", "gateway"} <= set(copied)  # all `pip install .` reads (setup.py: the C split)
