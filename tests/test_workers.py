@@ -199,6 +199,10 @@ def test_tail_sampling_with_workers_decides_whole_traces_at_their_owner(tmp_path
         assert all(len(set(names)) == 3 for names in kept.values())
         assert metric(gw.admin, "otelgate_sampled_spans_total", policy="tail", decision="dropped") == 3 * (60 - len(errors))
         assert metric(gw.admin, "otelgate_affinity_forwarded_spans_total") > 0
+        from gateway.service.affinity import _COMPILED_SPLIT
+        split = "compiled" if _COMPILED_SPLIT is not None else "python"  # the workers import what the tests do
+        assert gw.log_text().count("trace affinity on: spans go to the worker owning their trace") == 2
+        assert gw.log_text().count(f"split={split}") == 2
     finally:
         assert gw.stop() == 0
 

@@ -82,7 +82,7 @@ class AffinityPipeline:
             pass
         self._server = await asyncio.start_unix_server(self._serve, path=path)
         _log.info("trace affinity on: spans go to the worker owning their trace", worker=self.worker,
-                  workers=self.workers)
+                  workers=self.workers, split="compiled" if _COMPILED_SPLIT is not None else "python")
 
     async def stop(self) -> None:
         if self._server is not None:
