@@ -42,6 +42,7 @@ import orjson
 from gateway.batch import Batch, RequestContext
 from gateway.errors import Refused
 from gateway.logs import get_logger
+from gateway.native import compiled
 from gateway.otlp.signals import TRACES, Signal
 from gateway.otlp.wire import encode_varint, read_varint
 
@@ -212,18 +213,8 @@ _CHILD_TAG = 0x12  # field 2, length-delimited: ResourceSpans.scope_spans and Sc
 _TRACE_ID_PREFIX = b"\x0a\x10"  # Span.trace_id, 16 bytes
 
 
-def _compiled_split() -> Callable[[bytes, int, int], Any] | None:
-    """The C split (setup.py builds it where a compiler is at hand), unless OTELGATE_PURE_PYTHON is set."""
-    if os.environ.get("OTELGATE_PURE_PYTHON"):
-        return None
-    try:
-        from gateway.service._affinity_split import split
-    except ImportError:
-        return None
-    return split
-
-
-_COMPILED_SPLIT = _compiled_split()
+_native = compiled("gateway.service._affinity_split")  # gateway/service/_affinity_split.c, if built
+_COMPILED_SPLIT: Callable[[bytes, int, int], Any] | None = _native.split if _native is not None else None
 
 
 class _Unreadable(Exception):
