@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import yaml
 
@@ -69,8 +70,15 @@ def _backend(workdir: Path, grpc_port: int) -> GatewayProcess:
     return GatewayProcess(config, workdir).wait_ready()
 
 
-def test_grpc_sink_uses_a_restarted_backend_again_within_seconds(tmp_path: Path) -> None:
-    """gRPC's own reconnect backoff (up to 120 s) must not override the sink's retry policy."""
+@pytest.mark.parametrize("down_s", [8, pytest.param(45, marks=pytest.mark.slow)])
+def test_grpc_sink_uses_a_restarted_backend_again_within_seconds(tmp_path: Path, down_s: float) -> None:
+    """gRPC's own reconnect backoff (up to 120 s) must not override the sink's retry policy.
+
+    gRPC's attempts after a failure, by default: 1, 2.6, 5.2, 9.3, 15.8, 26.3, 43.1, 69.9 s
+    (x1.6, +-20% jitter). After 8 s down the next attempt may still come soon after the restart,
+    so only the slow case (45 s down) fails for certain without the fix: checked, it took 25.7 s
+    with both of the sink's remedies removed (the bounded backoff options and the replacement of a
+    channel in TRANSIENT_FAILURE before a retry); either one alone passes it."""
     port = _free_port()
     backend = _backend(tmp_path / "b1", port)
     config = gateway_config(tmp_path)
@@ -84,7 +92,7 @@ def test_grpc_sink_uses_a_restarted_backend_again_within_seconds(tmp_path: Path)
         assert backend.stop() == 0
         assert requests.post(f"{gw.http}/v1/traces", data=_request("b", 5), headers=PROTO, timeout=5).status_code == 200
         wait_for(lambda: "send failed; will retry" in gw.log_text())
-        time.sleep(8)  # long enough for gRPC's channel backoff to grow past the sink's retry.max
+        time.sleep(down_s)  # long enough for gRPC's channel backoff to grow past the sink's retry.max
         backend = _backend(tmp_path / "b2", port)
         up = time.monotonic()
         wait_for(lambda: len(spans_in(read_json_lines(tmp_path / "b2" / "out.jsonl"))) == 5, timeout=60, interval=0.05)
