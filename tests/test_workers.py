@@ -53,7 +53,7 @@ def test_two_workers_share_the_port_and_the_admin_endpoint_sums_them(tmp_path: P
         assert "adopted the disk queue of a worker that no longer runs" in gw.log_text()
         sent_names = lambda: {w: [n for n in names if n.startswith("r")] for w, names in _worker_files(tmp_path).items()}  # noqa: E731
         health = requests.get(f"{gw.admin}/health", timeout=5).json()
-        assert health["status"] == "ok"
+        assert health["status"] == "ok", health
         assert [(w["id"], w["status"]) for w in health["workers"]] == [(0, "running"), (1, "running")]
         pids = {w["pid"] for w in health["workers"]}
         assert len(pids) == 2 and gw.pid not in pids
