@@ -48,16 +48,23 @@ async def test_store_adds_up_and_compacts(postgres_dsn: str) -> None:
     await b.close()
 
 
-def test_two_gateways_sharing_postgres_agree_on_spend(tmp_path: Path, postgres_dsn: str) -> None:
+def _replicas(tmp_path: Path, dsn: str, workers: int = 1) -> list[tuple[Path, GatewayProcess]]:
+    """Two gateways (of `workers` workers each) sharing the PostgreSQL usage store at `dsn`, emptied first."""
     import asyncio
-    asyncio.run(_reset(postgres_dsn))
+    asyncio.run(_reset(dsn))
     gateways = []
     for i in range(2):
         work = tmp_path / f"gw{i}"
         work.mkdir()
         config = gateway_config(work, llm=True)
-        config["usage"] = {"store": "postgres", "dsn": postgres_dsn, "flush_interval": "100ms"}
-        gateways.append((work, GatewayProcess(config, work).wait_ready()))
+        config["service"]["workers"] = workers
+        config["usage"] = {"store": "postgres", "dsn": dsn, "flush_interval": "100ms"}
+        gateways.append((work, GatewayProcess(config, work).wait_ready(60)))
+    return gateways
+
+
+def test_two_gateways_sharing_postgres_agree_on_spend(tmp_path: Path, postgres_dsn: str) -> None:
+    gateways = _replicas(tmp_path, postgres_dsn)
     try:
         first, second = TRAFFIC[:3], TRAFFIC[3:] + [Turn("search", "alice", "s-9", calls=2)]
         send(gateways[0][1].http, first)
@@ -122,18 +129,9 @@ def test_replicas_with_workers_sharing_postgres_count_every_call_once(tmp_path: 
     """Two gateways of 2 workers each on one PostgreSQL: four flush writers, each adding only what
     its worker priced, so the store's totals are the calls sent, not a multiple of them, and every
     replica answers the same."""
-    import asyncio
     from tests.gateway_process import read_json_lines, spans_in
     from tests.test_backpressure_health_metrics import metric_in
-    asyncio.run(_reset(postgres_dsn))
-    gateways = []
-    for i in range(2):
-        work = tmp_path / f"gw{i}"
-        work.mkdir()
-        config = gateway_config(work, llm=True)
-        config["service"]["workers"] = 2
-        config["usage"] = {"store": "postgres", "dsn": postgres_dsn, "flush_interval": "100ms"}
-        gateways.append((work, GatewayProcess(config, work).wait_ready(60)))
+    gateways = _replicas(tmp_path, postgres_dsn, workers=2)
     try:
         sent = 0
         for k in range(12):  # an exporter (a connection) each: the kernel spreads them over the workers
