@@ -13,11 +13,13 @@ import math
 import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import UNDERSCORES, escape_label_name, escape_metric_name
 from prometheus_client.samples import Sample
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -83,6 +85,58 @@ class PlainBuckets:
             self.counts[bisect_left(self._bounds, amount)] += 1
 
 
+class Registry(CollectorRegistry):
+    """prometheus-client's registry that also keeps its collectors in registration order (the
+    order `collect` yields them in), so `render` can let each collector that knows how write its
+    own text."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self._in_order: list[Collector] = []
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self._in_order.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        self._in_order.remove(collector)
+
+    def collectors(self) -> list[Collector]:
+        return list(self._in_order)
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """`generate_latest(registry)`, byte for byte, at a fraction of its cost.
+
+    prometheus-client formats every sample from scratch: label names validated, values escaped
+    and sorted, about 20 us per sample here; with a few hundred LLM series a scrape took 20-50 ms
+    of the event loop's time per worker. The plain families (most of the samples) keep each
+    series' formatted name and labels and write only the numbers; every other collector is
+    formatted by prometheus-client as before (tests/test_metrics_render.py holds the two equal)."""
+    if not isinstance(registry, Registry) or registry.get_target_info():
+        return generate_latest(registry)
+    parts: list[bytes] = []
+    for collector in registry.collectors():
+        if isinstance(collector, _PlainFamily):
+            parts.append(collector.exposition())
+        else:
+            parts.append(generate_latest(collector))  # type: ignore[arg-type]  # anything with collect()
+    return b"".join(parts)
+
+
+def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
+    """`{a="x",b="y"}` as prometheus-client writes it: sorted by name, values escaped ('' for none)."""
+    if not names:
+        return ""
+    pairs = sorted(zip(names, values))
+    return "{" + ",".join(f'{escape_label_name(k, UNDERSCORES)}="{_escape_value(v)}"' for k, v in pairs) + "}"
+
+
+def _escape_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
 class _PlainFamily(Collector):
     """A labelled metric family whose series are plain Python numbers (`PlainCounter`,
     `PlainHistogram`). Exposed sample for sample like prometheus-client's Counter and Histogram
@@ -90,12 +144,17 @@ class _PlainFamily(Collector):
     dashboards, rules and the workers' /metrics merge see no difference."""
 
     _type = ""
+    _suffix = ""  # prometheus-client's name for the family in HELP and TYPE: counters end in _total
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], object] = {}
+        self._prefixes: dict[tuple[str, ...], Any] = {}  # each series' formatted sample names and labels
+        shown = escape_metric_name(name + self._suffix, UNDERSCORES)
+        help_text = documentation.replace("\\", r"\\").replace("\n", r"\n")
+        self._header = f"# HELP {shown} {help_text}\n# TYPE {shown} {self._type}\n"
         registry.register(self)
 
     def describe(self) -> Iterable[Metric]:
@@ -125,11 +184,29 @@ class _PlainFamily(Collector):
     def _samples(self, family: Metric, labels: dict[str, str], child: object) -> None:
         raise NotImplementedError
 
+    def exposition(self) -> bytes:
+        """This family in the text format, exactly as `generate_latest` writes its `collect()`."""
+        out = [self._header]
+        prefixes = self._prefixes
+        for values, child in list(self._children.items()):
+            prefix = prefixes.get(values)
+            if prefix is None:
+                prefix = prefixes[values] = self._prefix(values)
+            self._write(out, prefix, child)
+        return "".join(out).encode()
+
+    def _prefix(self, values: tuple[str, ...]) -> Any:
+        raise NotImplementedError
+
+    def _write(self, out: list[str], prefix: Any, child: Any) -> None:
+        raise NotImplementedError
+
 
 class PlainCounter(_PlainFamily):
     """A counter family of `PlainValue` series (see `_PlainFamily`)."""
 
     _type = "counter"
+    _suffix = "_total"
 
     def _new(self) -> PlainValue:
         return PlainValue()
@@ -139,6 +216,24 @@ class PlainCounter(_PlainFamily):
 
     def _samples(self, family: Metric, labels: dict[str, str], child: object) -> None:
         family.samples.append(Sample(self._name + "_total", labels, child.value))  # type: ignore[attr-defined]
+
+    def _prefix(self, values: tuple[str, ...]) -> str:
+        return f"{escape_metric_name(self._name + '_total', UNDERSCORES)}{_label_text(self._labelnames, values)} "
+
+    def _write(self, out: list[str], prefix: str, child: PlainValue) -> None:
+        out.append(f"{prefix}{floatToGoString(child.value)}\n")
+
+
+# Bucket counts repeat (most buckets of most series hold the same few numbers): their text is
+# kept, up to a bound, instead of formatted again for every line of every scrape.
+_COUNT_TEXT: dict[float, str] = {}
+
+
+def _count_text(count: float) -> str:
+    text = floatToGoString(count)
+    if len(_COUNT_TEXT) < 65536:
+        _COUNT_TEXT[count] = text
+    return text
 
 
 class PlainHistogram(_PlainFamily):
@@ -173,6 +268,24 @@ class PlainHistogram(_PlainFamily):
         add(Sample(name + "_count", labels, acc))
         if self._bounds[0] >= 0:  # as prometheus-client: no _sum when a bound is negative
             add(Sample(name + "_sum", labels, child.sum))
+
+    def _prefix(self, values: tuple[str, ...]) -> tuple[tuple[str, ...], str, str]:
+        names, name = self._labelnames, self._name
+        bucket = escape_metric_name(name + "_bucket", UNDERSCORES)
+        buckets = tuple(f"{bucket}{_label_text((*names, 'le'), (*values, le))} " for le in self._le)
+        labels = _label_text(names, values)
+        return (buckets, f"{escape_metric_name(name + '_count', UNDERSCORES)}{labels} ",
+                f"{escape_metric_name(name + '_sum', UNDERSCORES)}{labels} ")
+
+    def _write(self, out: list[str], prefix: tuple[tuple[str, ...], str, str], child: PlainBuckets) -> None:
+        buckets, count, total = prefix
+        add, acc, known = out.append, 0.0, _COUNT_TEXT.get
+        for bucket, n in zip(buckets, child.counts):
+            acc += n
+            add(f"{bucket}{known(acc) or _count_text(acc)}\n")
+        add(f"{count}{known(acc) or _count_text(acc)}\n")
+        if self._bounds[0] >= 0:
+            add(f"{total}{floatToGoString(child.sum)}\n")
 
 
 class SentCounter(Collector):
@@ -234,7 +347,7 @@ class Metrics:
     """Every metric family of one gateway, registered on its own registry."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         r = self.registry
         from gateway import __version__
 
@@ -323,4 +436,4 @@ class Metrics:
         self.registry.register(_QueueGauges(source))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(self.registry)
