@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bench/bench_floor.py --protocol http|grpc [--duration 6] [--concurrency 8]
     .venv/bin/python tests/bench/bench_floor.py --protocol http --rounds 3 --gateway [--no-processors]
+    .venv/bin/python tests/bench/bench_floor.py --protocol grpc --rounds 3 --grpc-server both
 
 The server answers `POST /v1/traces` (aiohttp, same `AppRunner` settings as the receiver:
 `access_log=None`, `auto_decompress=False`) or `TraceService/Export` (grpc.aio generic handler,
@@ -15,6 +16,10 @@ seconds per request (utime+stime, /proc) and requests per server-core-second.
 config as `bench_gateway.py --discard`, no /metrics poller), under the same client, so the
 difference is what otelgate adds per request at the same request rate (CPU per request rises
 as the rate falls: fewer requests share each wake-up of the event loop).
+
+`--grpc-server both` alternates the bare grpc.aio server with grpcio's synchronous server
+(`grpc.server` with a pool of 8 threads, the same generic handler): whether leaving grpc.aio
+would lower the floor.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(protocol: str, port: int, ready: "mp.synchronize.Event") -> None:
+def serve(protocol: str, port: int, ready: "mp.synchronize.Event", grpc_server: str = "aio") -> None:
     """Run the bare server until killed."""
     import uvloop
 
@@ -67,6 +72,18 @@ def serve(protocol: str, port: int, ready: "mp.synchronize.Event") -> None:
         return
 
     import grpc
+
+    if grpc_server == "sync":
+        from concurrent.futures import ThreadPoolExecutor
+
+        server = grpc.server(ThreadPoolExecutor(8))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            GRPC_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(lambda body, context: b"")}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        ready.set()
+        server.wait_for_termination()
+        return
 
     async def export_grpc(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return b""
@@ -99,7 +116,7 @@ def _gateway(protocol: str, processors: bool, workdir: Path) -> tuple[Any, str]:
 
 
 def run(protocol: str, duration: float, concurrency: int, spans: int, llm_share: float,
-        gateway: bool = False, processors: bool = True) -> dict[str, float]:
+        gateway: bool = False, processors: bool = True, grpc_server: str = "aio") -> dict[str, float]:
     pool = [bg.retraceable(b) for b in bg.build_pool(20, spans, 1, llm_share)]
     ctx = mp.get_context("spawn")
     if gateway:
@@ -108,7 +125,7 @@ def run(protocol: str, duration: float, concurrency: int, spans: int, llm_share:
     else:
         port = _free_port()
         ready = ctx.Event()
-        server = ctx.Process(target=serve, args=(protocol, port, ready), daemon=True)
+        server = ctx.Process(target=serve, args=(protocol, port, ready, grpc_server), daemon=True)
         server.start()
         if not ready.wait(30):
             raise RuntimeError("server did not start")
@@ -147,17 +164,22 @@ def main() -> int:
     parser.add_argument("--gateway", action="store_true", help="alternate the bare server with the gateway")
     parser.add_argument("--no-processors", action="store_true", help="with --gateway: normalize, price, llm_metrics off")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--grpc-server", choices=("aio", "sync", "both"), default="aio",
+                        help="the bare gRPC server: grpc.aio (as the receiver), grpcio's threaded one, or both alternately")
     args = parser.parse_args()
     import gateway
 
     kinds = ["bare", "gateway"] if args.gateway else ["bare"]
+    if args.protocol == "grpc" and args.grpc_server != "aio":
+        kinds = (["bare"] if args.grpc_server == "both" else []) + ["bare-sync"] + kinds[1:]
     for _ in range(args.rounds):
         for kind in kinds:
             r = run(args.protocol, args.duration, args.concurrency, args.spans_per_request, args.llm_share,
-                    kind == "gateway", not args.no_processors)
+                    kind == "gateway", not args.no_processors, "sync" if kind == "bare-sync" else "aio")
             tree = os.environ.get("PYTHONPATH") or Path(gateway.__file__).parent.parent  # the gateway process imports from it
             name = (f"otelgate ({tree}, processors "
-                    f"{'off' if args.no_processors else 'on'})" if kind == "gateway" else "bare")
+                    f"{'off' if args.no_processors else 'on'})" if kind == "gateway"
+                    else "bare (grpc.server, 8 threads)" if kind == "bare-sync" else "bare")
             print(f"{args.protocol} {name}: {r['requests']:,} requests, {r['server_cpu_s']:.2f} server CPU s -> "
                   f"{r['us_per_request']:.0f} us per request = {r['requests_per_core_s']:,.0f} requests/s per "
                   f"server core (client saw {r['client_requests_per_s']:,.0f}/s)", flush=True)
