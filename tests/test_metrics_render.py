@@ -128,3 +128,31 @@ def test_the_gateways_metrics_after_llm_calls(batches: list[list[LlmCall]]) -> N
 
 def _without_process(text: bytes) -> list[bytes]:
     return [line for line in text.splitlines() if not line.startswith(b"process_")]
+
+
+class _Unusual(Collector):
+    """Samples `render` leaves to prometheus-client whole: a timestamp, an exemplar, `_created`."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.samples import Exemplar
+
+        stamped = GaugeMetricFamily("test_stamped", "Stamped", labels=["k"])
+        stamped.add_metric(["v"], 1.5, timestamp=1_795_328_849.25)
+        yield stamped
+        created = CounterMetricFamily("test_created", "With _created", labels=["k"], created=1_795_328_000.0)
+        created.add_metric(["v"], 3, created=1_795_328_000.0)
+        yield created
+        family = CounterMetricFamily("test_exemplar", "With an exemplar", labels=["k"])
+        family.add_metric(["v"], 2)
+        family.samples[0] = family.samples[0]._replace(exemplar=Exemplar({"trace_id": "abc"}, 1.0))
+        yield family
+
+
+def test_samples_it_does_not_write_itself_are_left_to_prometheus_client() -> None:
+    registry = Registry()
+    PlainCounter("test_plain", "Plain", ["x"], registry).labels("1").inc()
+    registry.register(_Unusual())
+    Gauge("test_after", "After", registry=registry).set(7)
+    assert render(registry) == generate_latest(registry)
+    assert b"test_created_created" in render(registry) and b" 1795328849250\n" in render(registry)
