@@ -154,6 +154,42 @@ def test_a_broken_store_never_blocks_ingestion(tmp_path: Path) -> None:
         gw.stop()
 
 
+def _open_in_turn(paths: list[str], barrier: Any, failures: Any) -> None:
+    """One process of `test_processes_opening_one_new_store_at_once`: opens each store at the same
+    moment as the other process."""
+    for path in paths:
+        barrier.wait()
+        try:
+            asyncio.run(SqliteStore(path).open())
+        except Exception as exc:  # the test counts and shows them
+            failures.put(repr(exc))
+
+
+def test_processes_opening_one_new_store_at_once(tmp_path: Path) -> None:
+    """Two workers start together on the default store: both switch the new file to WAL mode at
+    once, and SQLite answered one of them "database is locked" at once (no busy wait) in 10-20%
+    of such starts: that worker's usage was `failing` (and /health `degraded`) until its next
+    flush. Now neither fails."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    paths = [str(tmp_path / f"usage-{i}.db") for i in range(80)]
+    barrier, failures = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_open_in_turn, args=(paths, barrier, failures)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    seen = []
+    while not failures.empty():
+        seen.append(failures.get())
+    assert seen == [], f"{len(seen)} of {2 * len(paths)} opens failed: {seen[:3]}"
+    for path in paths:  # and each is a working store in WAL mode
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def _call(start_s: int, user: str, cost: float, trace: bytes = b"t" * 16) -> LlmCall:
     span = Span(trace_id=trace)
     return LlmCall(span, "svc", "chat", "openai", False, "gpt-4o", None, 10, 5, None, None, None, None, None, None,

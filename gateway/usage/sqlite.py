@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,24 @@ from gateway.usage.recorder import Rollups
 T = TypeVar("T")
 _BUSY_MS = 5000
 _CACHE_KIB = 32 * 1024  # per connection
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a no-op once it is). Switching needs the file alone for a
+    moment, and when another process switches at the same time (workers starting together on
+    one file) SQLite answers "database is locked" at once instead of waiting as it does for other
+    locks: 10-20% of such opens failed. So wait here, as long as any other lock is waited for."""
+    deadline = time.monotonic() + _BUSY_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)  # on the store's own thread, never the event loop
+        delay = min(delay * 2, 0.1)
 
 
 class SqliteStore:
@@ -35,11 +54,16 @@ class SqliteStore:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-            db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")  # the day tables' pages stay in memory while written
+            db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
+            try:
+                _wal(db)
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+                db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+                db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")  # the day tables' pages stay in memory while written
+            except BaseException:
+                db.close()  # not kept half set up: the next use connects again
+                raise
+            self._local.db = db
         return db
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
