@@ -142,9 +142,7 @@ def _exposition(collector: Collector, prefixes: dict[Any, str]) -> bytes:
         header = get((name, kind, documentation))
         if header is None:
             suffix, shown_type = _SHOWN_TYPE.get(kind, ("", kind))
-            shown = escape_metric_name(name + suffix, UNDERSCORES)
-            help_text = documentation.replace("\\", r"\\").replace("\n", r"\n")
-            header = prefixes[(name, kind, documentation)] = f"# HELP {shown} {help_text}\n# TYPE {shown} {shown_type}\n"
+            header = prefixes[(name, kind, documentation)] = _header(name + suffix, documentation, shown_type)
         out.append(header)
         apart = (name + "_created", name + "_gsum", name + "_gcount")
         for sample in metric.samples:
@@ -160,6 +158,13 @@ def _exposition(collector: Collector, prefixes: dict[Any, str]) -> bytes:
                 prefix = prefixes[key] = f"{escape_metric_name(sample.name, UNDERSCORES)}{_label_text(labels, labels.values())} "
             out.append(f"{prefix}{floatToGoString(sample.value)}\n")
     return "".join(out).encode()
+
+
+def _header(name: str, documentation: str, kind: str) -> str:
+    """A family's HELP and TYPE lines as prometheus-client writes them."""
+    shown = escape_metric_name(name, UNDERSCORES)
+    help_text = documentation.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {shown} {help_text}\n# TYPE {shown} {kind}\n"
 
 
 def _label_text(names: Iterable[str], values: Iterable[str]) -> str:
@@ -189,9 +194,7 @@ class _PlainFamily(Collector):
         self._labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], object] = {}
         self._prefixes: dict[tuple[str, ...], Any] = {}  # each series' formatted sample names and labels
-        shown = escape_metric_name(name + self._suffix, UNDERSCORES)
-        help_text = documentation.replace("\\", r"\\").replace("\n", r"\n")
-        self._header = f"# HELP {shown} {help_text}\n# TYPE {shown} {self._type}\n"
+        self._header = _header(name + self._suffix, documentation, self._type)
         registry.register(self)
 
     def describe(self) -> Iterable[Metric]:
