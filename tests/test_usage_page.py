@@ -92,9 +92,11 @@ def _rows(driver: Any, table: str) -> list[list[str]]:
 
 def _wait_loaded(driver: Any, before: str | None = None) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(driver, 20).until(lambda d: d.find_element("tag name", "body").get_attribute("data-loaded")
-                                    not in (None, "", before))
-    loaded = driver.find_element("tag name", "body").get_attribute("data-loaded")
+    # Read in one script, holding no element: signing in can replace the document between a
+    # find_element and its get_attribute (a CI run got StaleElementReferenceException there).
+    read = "return document.body ? document.body.getAttribute('data-loaded') : null"
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script(read) not in (None, "", before))
+    loaded = driver.execute_script(read)
     assert loaded != "error", driver.find_element("id", "error").text
     return loaded
 
